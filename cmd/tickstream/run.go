@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/tickstream/tickstream/internal/auth"
+	"github.com/tickstream/tickstream/internal/config"
+	"github.com/tickstream/tickstream/internal/feed"
+	"github.com/tickstream/tickstream/internal/hub"
+	"github.com/tickstream/tickstream/internal/metrics"
+	"github.com/tickstream/tickstream/internal/quote"
+	"github.com/tickstream/tickstream/internal/server"
+	"github.com/tickstream/tickstream/internal/ws"
+)
+
+// demoTokenTTL is how long the development token printed at start-up lasts.
+const demoTokenTTL = 24 * time.Hour
+
+// run builds every component in order, serves until ctx ends, and shuts down
+// in reverse. args include the program name. stdout receives the
+// development banner; stderr the logs.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := config.Load(args[1:], getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+
+	instruments, err := loadInstruments(cfg)
+	if err != nil {
+		return err
+	}
+	store, err := quote.NewStore(instruments, time.Now())
+	if err != nil {
+		return fmt.Errorf("instruments: %w", err)
+	}
+	h := hub.New(store)
+
+	secret := []byte(cfg.JWTSecret)
+	if cfg.DevAuth() {
+		if secret, err = auth.RandomSecret(); err != nil {
+			return err
+		}
+	}
+	verifier := auth.NewVerifier(secret, nil)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(reg,
+		func() float64 { return float64(h.Subscriptions()) },
+		func() float64 { return float64(len(h.Active(nil))) })
+
+	wss := ws.NewServer(ws.Config{
+		MaxConnections: cfg.WSMaxConnections,
+		MaxSymbols:     cfg.WSMaxSymbols,
+		IdleTimeout:    cfg.WSIdleTimeout,
+		PingInterval:   cfg.WSHealthCheckInterval,
+	}, h, log, m)
+	api, err := server.New(log, store, wss, verifier, m, reg, cfg.WSMaxSymbols)
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen on HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
+	}
+	httpSrv := &http.Server{
+		Handler:           api.Handler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+
+	sim := feed.NewSimulator(feed.SimulatorConfig{
+		Interval:    cfg.PriceUpdateInterval,
+		Oscillation: cfg.PriceOscillationPercent,
+		Mode:        feed.Mode(cfg.SimUpdate),
+	}, h, log, func(moved int) {
+		if moved > 0 {
+			m.Ticks.Inc()
+			m.SymbolsMoved.Add(float64(moved))
+		}
+	})
+
+	feedCtx, stopFeed := context.WithCancel(context.Background())
+	defer stopFeed()
+	feedDone := make(chan struct{})
+	go func() { sim.Run(feedCtx); close(feedDone) }()
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- httpSrv.Serve(ln) }()
+	log.Info("listening", "addr", ln.Addr().String(), "instruments", len(instruments), "dev_auth", cfg.DevAuth())
+	if cfg.DevAuth() {
+		if err := printDemo(stdout, verifier, ln.Addr()); err != nil {
+			return err
+		}
+	}
+
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	}
+
+	log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+	shutCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	// Refuse new handshakes first (readyz turns 503), then close the
+	// listener, then send every client 1001, then stop the feed.
+	wsErr := wss.Shutdown(shutCtx)
+	httpErr := httpSrv.Shutdown(shutCtx)
+	stopFeed()
+	<-feedDone
+	if err := errors.Join(wsErr, httpErr); err != nil {
+		log.Warn("shutdown incomplete", "err", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+func loadInstruments(cfg config.Config) ([]quote.Instrument, error) {
+	list := quote.Builtin()
+	if cfg.InstrumentsFile != "" {
+		f, err := os.Open(cfg.InstrumentsFile)
+		if err != nil {
+			return nil, fmt.Errorf("INSTRUMENTS_FILE: %w", err)
+		}
+		defer f.Close()
+		if list, err = quote.ReadCSV(f); err != nil {
+			return nil, fmt.Errorf("INSTRUMENTS_FILE %s: %w", cfg.InstrumentsFile, err)
+		}
+	}
+	return append(list, quote.Synthetic(cfg.SyntheticSymbols)...), nil
+}
+
+// printDemo writes the development token and how to use it. It goes to
+// stdout, never to the logs.
+func printDemo(w io.Writer, v *auth.Verifier, addr net.Addr) error {
+	token, err := v.Mint("demo", demoTokenTTL)
+	if err != nil {
+		return fmt.Errorf("mint demo token: %w", err)
+	}
+	host := "localhost"
+	if tcp, ok := addr.(*net.TCPAddr); ok && !tcp.IP.IsUnspecified() {
+		host = tcp.IP.String()
+	}
+	port := addr.(*net.TCPAddr).Port
+	base := net.JoinHostPort(host, fmt.Sprint(port))
+	_, err = fmt.Fprintf(w, `
+tickstream development mode: JWT_SECRET is not set, so tokens are signed
+with a random secret that lives as long as this process.
+
+Demo token (sub "demo", valid %s):
+  %s
+
+WebSocket:
+  ws://%s/ws/quotes?symbols=AAPL,GOOGL&token=%s
+
+REST:
+  curl -H 'Authorization: Bearer %s' 'http://%s/v1/quotes?symbols=AAPL,GOOGL'
+
+`, demoTokenTTL, token, base, token, token, base)
+	return err
+}

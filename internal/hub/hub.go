@@ -1,0 +1,106 @@
+// Package hub is the fan-out engine: it indexes which connections want which
+// symbols and, when quotes move, marks them dirty on each subscriber and
+// wakes its writer. It never blocks on a connection and never queues
+// messages: a subscriber's pending set holds at most one mark per symbol,
+// and the writer sends whatever is current (conflation).
+package hub
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"github.com/tickstream/tickstream/internal/quote"
+)
+
+// Hub maps symbols to their subscribers.
+type Hub struct {
+	store  *quote.Store
+	topics []topic // by quote.Entry.Index
+
+	// gate is held for writing while one batch of updates is marked and for
+	// reading while a subscriber collects its changes, so a connection gets
+	// all of a tick's changes in one message, never half of them.
+	gate    sync.RWMutex
+	pubMu   sync.Mutex    // serialises Publish; guards wakeBuf
+	wakeBuf []*Subscriber // reused by Publish
+
+	subscriptions atomic.Int64
+}
+
+type topic struct {
+	mu   sync.RWMutex // guards subs and each sub's pos
+	subs []*sub
+	n    atomic.Int32 // len(subs), readable without mu
+}
+
+// New returns a hub over the instruments of store.
+func New(store *quote.Store) *Hub {
+	return &Hub{store: store, topics: make([]topic, len(store.Entries()))}
+}
+
+// Store returns the quote store the hub serves.
+func (h *Hub) Store() *quote.Store { return h.store }
+
+// Active appends to dst the entries that have at least one subscriber.
+func (h *Hub) Active(dst []*quote.Entry) []*quote.Entry {
+	for i, e := range h.store.Entries() {
+		if h.topics[i].n.Load() > 0 {
+			dst = append(dst, e)
+		}
+	}
+	return dst
+}
+
+// Subscriptions returns the number of (connection, symbol) subscriptions.
+func (h *Hub) Subscriptions() int64 { return h.subscriptions.Load() }
+
+// Publish marks every subscriber of the updated entries dirty and wakes the
+// writers of those that were idle. Call it after the entries' quotes were
+// set; all of updated counts as one tick.
+func (h *Hub) Publish(updated []*quote.Entry) {
+	h.pubMu.Lock()
+	defer h.pubMu.Unlock()
+	h.gate.Lock()
+	wake := h.wakeBuf[:0]
+	for _, e := range updated {
+		t := &h.topics[e.Index]
+		t.mu.RLock()
+		for _, sb := range t.subs {
+			if sb.s.mark(sb) {
+				wake = append(wake, sb.s)
+			}
+		}
+		t.mu.RUnlock()
+	}
+	h.wakeBuf = wake
+	h.gate.Unlock()
+	// Wake outside the gate: a woken writer collects under its read side.
+	for i, s := range wake {
+		s.wake()
+		wake[i] = nil
+	}
+}
+
+func (t *topic) add(sb *sub) {
+	t.mu.Lock()
+	sb.pos = len(t.subs)
+	t.subs = append(t.subs, sb)
+	t.n.Store(int32(len(t.subs)))
+	t.mu.Unlock()
+}
+
+func (t *topic) remove(sb *sub) {
+	t.mu.Lock()
+	last := len(t.subs) - 1
+	moved := t.subs[last]
+	t.subs[sb.pos] = moved
+	moved.pos = sb.pos
+	t.subs[last] = nil
+	t.subs = t.subs[:last]
+	sb.pos = -1
+	t.n.Store(int32(len(t.subs)))
+	if cap(t.subs) > 64 && len(t.subs) < cap(t.subs)/4 {
+		t.subs = append([]*sub(nil), t.subs...) // give back memory after a crowd leaves
+	}
+	t.mu.Unlock()
+}

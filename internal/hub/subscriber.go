@@ -1,0 +1,242 @@
+package hub
+
+import (
+	"slices"
+
+	"sync"
+
+	"github.com/tickstream/tickstream/internal/quote"
+)
+
+// Subscriber is one connection's view of the hub: the symbols it wants, the
+// version of each it has sent, and the set of symbols to look at next time
+// it writes. Its memory is bounded by its symbol count, however slow the
+// connection: a symbol that moves ten times before the writer runs is
+// marked once and sent once, at its latest value.
+type Subscriber struct {
+	hub  *Hub
+	wake func()
+
+	mu     sync.Mutex            // guards everything below and each sub's want, sent and dirty
+	subs   map[*quote.Entry]*sub // wanted symbols and those whose removal is not yet sent
+	want   int                   // how many subs have want set
+	dirty  []*sub
+	closed bool
+}
+
+type sub struct {
+	s     *Subscriber
+	entry *quote.Entry
+	pos   int    // index in the topic's subs; guarded by topic.mu
+	want  bool   // the connection is subscribed
+	sent  uint64 // version in the client's document; 0 = not in it
+	dirty bool   // in s.dirty
+}
+
+// Changes counts what one AppendChanges call wrote.
+type Changes struct {
+	Ops       int    // symbols added, updated or removed
+	Conflated uint64 // versions skipped because the connection was behind
+}
+
+// NewSubscriber registers a connection. wake is called, never under a hub
+// lock and never blocking, when the subscriber goes from nothing pending to
+// something pending; the connection's writer should then call
+// AppendChanges.
+func (h *Hub) NewSubscriber(wake func()) *Subscriber {
+	return &Subscriber{hub: h, wake: wake, subs: make(map[*quote.Entry]*sub)}
+}
+
+// Count returns how many symbols the subscriber wants.
+func (s *Subscriber) Count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.want
+}
+
+// Symbols returns the wanted symbols, sorted.
+func (s *Subscriber) Symbols() []string {
+	s.mu.Lock()
+	out := make([]string, 0, s.want)
+	for e, sb := range s.subs {
+		if sb.want {
+			out = append(out, e.Symbol)
+		}
+	}
+	s.mu.Unlock()
+	slices.Sort(out)
+	return out
+}
+
+// Subscribe adds entries to the subscription. The next AppendChanges adds
+// each new symbol's current quote to the client's document. It returns how
+// many entries were new. Subscribe, Unsubscribe and Close are called by one
+// goroutine at a time (the connection's reader).
+func (s *Subscriber) Subscribe(entries []*quote.Entry) int {
+	added := 0
+	for _, e := range entries {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return added
+		}
+		sb := s.subs[e]
+		if sb == nil {
+			sb = &sub{s: s, entry: e, pos: -1}
+			s.subs[e] = sb
+		}
+		if sb.want {
+			s.mu.Unlock()
+			continue
+		}
+		sb.want = true
+		s.want++
+		s.mu.Unlock()
+		// Join the topic before marking: a tick published after this
+		// point marks sb itself, and the mark below covers the ones before.
+		s.hub.topics[e.Index].add(sb)
+		s.hub.subscriptions.Add(1)
+		added++
+		if s.mark(sb) {
+			s.wake()
+		}
+	}
+	return added
+}
+
+// Unsubscribe removes entries from the subscription; the next AppendChanges
+// removes those the client holds. It returns how many were subscribed.
+func (s *Subscriber) Unsubscribe(entries []*quote.Entry) int {
+	removed := 0
+	for _, e := range entries {
+		s.mu.Lock()
+		sb := s.subs[e]
+		if s.closed || sb == nil || !sb.want {
+			s.mu.Unlock()
+			continue
+		}
+		sb.want = false
+		s.want--
+		s.mu.Unlock()
+		s.hub.topics[e.Index].remove(sb)
+		s.hub.subscriptions.Add(-1)
+		removed++
+		if s.mark(sb) {
+			s.wake()
+		}
+	}
+	return removed
+}
+
+// Close leaves every topic. Later marks and subscribes are ignored. It is
+// safe to call twice.
+func (s *Subscriber) Close() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	var leave []*sub
+	for _, sb := range s.subs {
+		if sb.want {
+			leave = append(leave, sb)
+		}
+	}
+	s.subs, s.dirty, s.want = nil, nil, 0
+	s.mu.Unlock()
+	for _, sb := range leave {
+		s.hub.topics[sb.entry.Index].remove(sb)
+	}
+	s.hub.subscriptions.Add(-int64(len(leave)))
+}
+
+// mark puts sb in the pending set and reports whether the set was empty.
+func (s *Subscriber) mark(sb *sub) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || sb.dirty {
+		return false
+	}
+	sb.dirty = true
+	s.dirty = append(s.dirty, sb)
+	return len(s.dirty) == 1
+}
+
+// Pending reports whether AppendChanges would look at any symbol.
+func (s *Subscriber) Pending() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.dirty) > 0
+}
+
+// AppendChanges appends to b, comma-separated, the JSON Patch operations
+// that bring the client's document up to date for every pending symbol:
+// add for a new symbol, remove for a dropped one, the shared Patch of the
+// next version, or the whole-quote Replace when versions were skipped. It
+// empties the pending set. The fragments are the quotes' shared bytes: no
+// encoding happens here.
+func (s *Subscriber) AppendChanges(b []byte) ([]byte, Changes) {
+	var c Changes
+	s.hub.gate.RLock()
+	s.mu.Lock()
+	for i, sb := range s.dirty {
+		s.dirty[i] = nil
+		sb.dirty = false
+		b, c = s.appendOne(b, sb, c)
+	}
+	s.dirty = s.dirty[:0]
+	s.mu.Unlock()
+	s.hub.gate.RUnlock()
+	return b, c
+}
+
+// appendOne writes sb's operation; s.mu is held.
+func (s *Subscriber) appendOne(b []byte, sb *sub, c Changes) ([]byte, Changes) {
+	comma := func() {
+		if c.Ops > 0 {
+			b = append(b, ',')
+		}
+		c.Ops++
+	}
+	e := sb.entry
+	if !sb.want {
+		if sb.sent > 0 {
+			comma()
+			b = e.AppendRemove(b)
+		}
+		delete(s.subs, e)
+		return b, c
+	}
+	q := e.Latest()
+	switch {
+	case sb.sent == 0:
+		comma()
+		b = e.AppendAdd(b, q)
+	case q.Version == sb.sent:
+		return b, c
+	case q.Version == sb.sent+1:
+		comma()
+		b = append(b, q.Patch...)
+	default:
+		comma()
+		b = append(b, q.Replace...)
+		c.Conflated += q.Version - sb.sent - 1
+	}
+	sb.sent = q.Version
+	return b, c
+}
+
+// CountWith returns how many symbols the subscriber would want after
+// subscribing to entries as well.
+func (s *Subscriber) CountWith(entries []*quote.Entry) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.want
+	for _, e := range entries {
+		if sb := s.subs[e]; sb == nil || !sb.want {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,62 @@
+// Package metrics defines tickstream's Prometheus collectors in one place, so
+// every name carries the tickstream_ prefix and tests can use a fresh
+// registry.
+package metrics
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics holds the collectors the server updates.
+type Metrics struct {
+	Connections      prometheus.Gauge
+	Handshakes       *prometheus.CounterVec // by result: "accepted" or the HTTP status of the rejection
+	MessagesSent     prometheus.Counter
+	BytesSent        prometheus.Counter
+	MessagesReceived prometheus.Counter
+	BytesReceived    prometheus.Counter
+	UpdatesDelivered prometheus.Counter
+	ConflatedUpdates prometheus.Counter
+	Closes           *prometheus.CounterVec // by close code
+	Ticks            prometheus.Counter
+	SymbolsMoved     prometheus.Counter
+	Subscriptions    prometheus.GaugeFunc
+	ActiveSymbols    prometheus.GaugeFunc
+}
+
+// New registers the collectors on reg. subscriptions and activeSymbols are
+// read at scrape time.
+func New(reg prometheus.Registerer, subscriptions, activeSymbols func() float64) *Metrics {
+	m := &Metrics{
+		Connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tickstream_connections", Help: "Open WebSocket connections."}),
+		Handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tickstream_handshakes_total", Help: "WebSocket handshakes by result: accepted, or the HTTP status of the rejection."},
+			[]string{"result"}),
+		MessagesSent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tickstream_messages_sent_total", Help: "WebSocket messages sent to clients."}),
+		BytesSent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tickstream_bytes_sent_total", Help: "Bytes written to WebSocket connections, frame headers included."}),
+		MessagesReceived: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tickstream_messages_received_total", Help: "WebSocket data messages received from clients."}),
+		BytesReceived: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tickstream_bytes_received_total", Help: "Payload bytes of WebSocket messages received from clients."}),
+		UpdatesDelivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tickstream_symbol_updates_delivered_total", Help: "Symbol operations (add, update, remove) written to clients."}),
+		ConflatedUpdates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tickstream_conflated_updates_total", Help: "Quote versions a connection skipped because it was behind; it got the latest instead."}),
+		Closes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tickstream_server_closes_total", Help: "Connections the server closed, by WebSocket close code."},
+			[]string{"code"}),
+		Ticks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tickstream_ticks_total", Help: "Price feed ticks that moved at least one symbol."}),
+		SymbolsMoved: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tickstream_symbol_updates_total", Help: "Quote updates produced by the feed."}),
+		Subscriptions: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tickstream_subscriptions", Help: "Subscriptions: one per connection and symbol."}, subscriptions),
+		ActiveSymbols: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tickstream_active_symbols", Help: "Symbols with at least one subscriber."}, activeSymbols),
+	}
+	reg.MustRegister(m.Connections, m.Handshakes, m.MessagesSent, m.BytesSent, m.MessagesReceived,
+		m.BytesReceived, m.UpdatesDelivered, m.ConflatedUpdates, m.Closes, m.Ticks, m.SymbolsMoved,
+		m.Subscriptions, m.ActiveSymbols)
+	return m
+}

@@ -1,0 +1,216 @@
+// Package ws serves the quote stream over WebSocket (RFC 6455): the upgrade,
+// one connection's reader and writer, the client protocol (subscribe,
+// unsubscribe, ping), heartbeats, and shutdown. Frames are read and written
+// on the raw connection with gobwas/ws's low-level API so that an idle
+// connection holds no buffer and no writer goroutine.
+package ws
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/tickstream/tickstream/internal/hub"
+	"github.com/tickstream/tickstream/internal/metrics"
+	"github.com/tickstream/tickstream/internal/quote"
+)
+
+// Config holds the connection limits and timers.
+type Config struct {
+	MaxConnections int           // WS_MAX_CONNECTIONS
+	MaxSymbols     int           // WS_MAX_SYMBOLS per connection
+	IdleTimeout    time.Duration // WS_IDLE_TIMEOUT: no frame from the client for this long closes it
+	PingInterval   time.Duration // WS_HEALTH_CHECK_INTERVAL
+	WriteTimeout   time.Duration // deadline of one write; 0 means 10s
+	CloseGrace     time.Duration // wait for the client's close reply; 0 means 2s
+}
+
+// Errors Accept returns before it writes anything, so the caller can answer
+// with its own status.
+var (
+	ErrFull     = errors.New("connection limit reached")
+	ErrDraining = errors.New("server is shutting down")
+)
+
+// Params is what the handshake established about a new connection.
+type Params struct {
+	Subject string         // user id from the token (not secret)
+	Entries []*quote.Entry // symbols to subscribe to at once
+	Invalid []string       // requested symbols that are not served
+}
+
+// Server holds the open connections.
+type Server struct {
+	cfg  Config
+	hub  *hub.Hub
+	log  *slog.Logger
+	m    *metrics.Metrics
+	next atomic.Uint64 // connection ids
+
+	mu       sync.Mutex // guards conns, count and draining
+	conns    map[*conn]struct{}
+	count    int // open connections plus upgrades in progress
+	draining bool
+	wg       sync.WaitGroup // one per connection
+}
+
+// NewServer returns a server delivering h's quotes.
+func NewServer(cfg Config, h *hub.Hub, log *slog.Logger, m *metrics.Metrics) *Server {
+	if cfg.WriteTimeout == 0 {
+		cfg.WriteTimeout = 10 * time.Second
+	}
+	if cfg.CloseGrace == 0 {
+		cfg.CloseGrace = 2 * time.Second
+	}
+	return &Server{cfg: cfg, hub: h, log: log, m: m, conns: make(map[*conn]struct{})}
+}
+
+// Draining reports whether Shutdown has begun.
+func (s *Server) Draining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
+}
+
+// Len returns the number of open connections.
+func (s *Server) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// CheckUpgrade reports why r is not a WebSocket upgrade request that this
+// server can accept, so the caller can answer 400 before anything else.
+func CheckUpgrade(r *http.Request) error {
+	switch {
+	case r.Method != http.MethodGet:
+		return errors.New("method must be GET")
+	case !strings.EqualFold(r.Header.Get("Upgrade"), "websocket"):
+		return errors.New(`header "Upgrade: websocket" is required`)
+	case !headerHasToken(r.Header.Values("Connection"), "upgrade"):
+		return errors.New(`header "Connection: Upgrade" is required`)
+	case len(r.Header.Get("Sec-WebSocket-Key")) != 24:
+		return errors.New("header Sec-WebSocket-Key is missing or malformed")
+	case r.Header.Get("Sec-WebSocket-Version") != "13":
+		return errors.New("Sec-WebSocket-Version must be 13")
+	}
+	return nil
+}
+
+func headerHasToken(values []string, token string) bool {
+	for _, v := range values {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Accept upgrades r and serves the connection until it ends. It returns
+// ErrFull or ErrDraining, having written nothing, when it cannot take the
+// connection; any other error means the upgrade itself failed.
+func (s *Server) Accept(w http.ResponseWriter, r *http.Request, p Params) error {
+	if err := s.reserve(); err != nil {
+		return err
+	}
+	up := ws.HTTPUpgrader{Timeout: s.cfg.WriteTimeout}
+	nc, rw, _, err := up.Upgrade(r, w)
+	if err != nil {
+		s.unreserve()
+		if nc != nil {
+			nc.Close()
+		}
+		return fmt.Errorf("upgrade: %w", err)
+	}
+	id := s.next.Add(1)
+	c := newConn(s, nc, rw.Reader, s.log.With("conn", id, "sub", p.Subject, "remote", r.RemoteAddr))
+	if !s.register(c) {
+		// Shutdown began during the upgrade.
+		c.closeNow(CloseGoingAway, "server shutting down")
+		return nil
+	}
+	c.log.Debug("connected", "symbols", len(p.Entries), "invalid", len(p.Invalid))
+	c.serve(p)
+	return nil
+}
+
+func (s *Server) reserve() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.draining:
+		return ErrDraining
+	case s.count >= s.cfg.MaxConnections:
+		return ErrFull
+	}
+	s.count++
+	return nil
+}
+
+func (s *Server) unreserve() {
+	s.mu.Lock()
+	s.count--
+	s.mu.Unlock()
+}
+
+func (s *Server) register(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		s.count--
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	s.m.Connections.Inc()
+	return true
+}
+
+func (s *Server) unregister(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.count--
+	s.mu.Unlock()
+	s.m.Connections.Dec()
+	s.wg.Done()
+}
+
+// Shutdown refuses new connections, sends every client close 1001 and waits
+// for the connections to end. When ctx ends first it drops the rest. It is
+// safe to call twice.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.close(CloseGoingAway, "server shutting down")
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.conns {
+			c.nc.Close()
+		}
+		s.mu.Unlock()
+		<-done
+		return fmt.Errorf("drain connections: %w", ctx.Err())
+	}
+}
