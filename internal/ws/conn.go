@@ -88,6 +88,7 @@ func (c *conn) serve(p Params) {
 	c.mu.Unlock()
 	c.sub.Subscribe(p.Entries)
 	c.kick() // the snapshot is due even with no symbols
+	c.onFrame()
 	for {
 		msg, err := c.fr.readMessage()
 		if err != nil {

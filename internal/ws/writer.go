@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/tickstream/tickstream/internal/hub"
 )
 
 // kick makes sure a writer will look at the connection. It never blocks: it
@@ -49,46 +51,29 @@ func (c *conn) flush() bool {
 	if c.dead.Load() {
 		return false
 	}
-	c.mu.Lock()
-	frames := c.out
-	c.out = nil
-	closing := c.closing
-	var patch []byte
-	var buf *[]byte
-	var ops int
-	var conflated uint64
-	if closing == nil && c.holds == 0 {
-		buf = msgPool.Get().(*[]byte)
-		patch, ops, conflated = c.buildPatch((*buf)[:0])
-	}
-	c.mu.Unlock()
-	if patch != nil {
-		frames = append(frames, patch)
-	}
-	if closing != nil {
-		frames = append(frames, closing)
-	}
-	if len(frames) == 0 {
-		putBuf(buf, patch)
+	frames, msg, ch, closing, ok := c.collect()
+	if !ok {
 		return false
 	}
 	n, err := c.write(frames)
-	putBuf(buf, patch)
+	if msg != nil {
+		putBuf(msg)
+	}
 	m := c.srv.m
 	m.BytesSent.Add(float64(n))
 	if err != nil {
 		c.log.Debug("write failed", "err", err)
 		c.dead.Store(true)
 		c.nc.Close() // the reader fails and tears down
-		if closing != nil {
+		if closing {
 			close(c.closeSent)
 		}
 		return false
 	}
 	m.MessagesSent.Add(float64(len(frames)))
-	m.UpdatesDelivered.Add(float64(ops))
-	m.ConflatedUpdates.Add(float64(conflated))
-	if closing != nil {
+	m.UpdatesDelivered.Add(float64(ch.Ops))
+	m.ConflatedUpdates.Add(float64(ch.Conflated))
+	if closing {
 		c.dead.Store(true)
 		// Bound the wait for the client's close reply.
 		c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.CloseGrace))
@@ -98,15 +83,46 @@ func (c *conn) flush() bool {
 	return true
 }
 
-func putBuf(buf *[]byte, used []byte) {
-	if buf == nil {
-		return
+// collect takes what is pending, in the order it goes on the wire: the
+// snapshot first of all, queued frames, the quotes_patch, the close frame.
+// msg is the pooled buffer holding the patch, to give back after writing.
+func (c *conn) collect() (frames [][]byte, msg *[]byte, ch hub.Changes, closing, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	closing = c.closing != nil
+	if !closing && c.holds > 0 && c.seq == 0 {
+		// The snapshot must be the first message; it waits for the
+		// subscribe in progress, whose ack kicks the writer again.
+		return nil, nil, ch, false, false
 	}
-	if cap(used) > cap(*buf) {
-		*buf = used[:0] // keep the grown buffer
+	frames, c.out = c.out, nil
+	if !closing && c.holds == 0 {
+		msg = msgPool.Get().(*[]byte)
+		var patch []byte
+		snapshot := c.seq == 0
+		patch, ch = c.buildPatch(*msg)
+		switch {
+		case patch == nil:
+			msgPool.Put(msg)
+			msg = nil
+		case snapshot:
+			frames = append([][]byte{patch}, frames...)
+		default:
+			frames = append(frames, patch)
+		}
+		if patch != nil && cap(patch) > cap(*msg) {
+			*msg = patch[:0] // keep the grown buffer
+		}
 	}
-	if cap(*buf) <= maxPooled {
-		msgPool.Put(buf)
+	if closing {
+		frames = append(frames, c.closing)
+	}
+	return frames, msg, ch, closing, len(frames) > 0
+}
+
+func putBuf(msg *[]byte) {
+	if cap(*msg) <= maxPooled {
+		msgPool.Put(msg)
 	}
 }
 
@@ -124,7 +140,7 @@ func (c *conn) write(frames [][]byte) (int64, error) {
 // operation fragments of the pending symbols; c.mu is held. It returns nil
 // when there is nothing to send. The first message (seq 1) is the snapshot:
 // it starts with add /quotes {} and carries invalid_symbols.
-func (c *conn) buildPatch(b []byte) (frame []byte, ops int, conflated uint64) {
+func (c *conn) buildPatch(b []byte) (frame []byte, ch hub.Changes) {
 	snapshot := c.seq == 0
 	b = append(b[:0], make([]byte, maxHeaderLen)...)
 	b = append(b, `{"type":"quotes_patch","seq":`...)
@@ -133,10 +149,10 @@ func (c *conn) buildPatch(b []byte) (frame []byte, ops int, conflated uint64) {
 	if snapshot {
 		b = append(b, `{"op":"add","path":"/quotes","value":{}},`...)
 	}
-	b, ch := c.sub.AppendChanges(b)
+	b, ch = c.sub.AppendChanges(b)
 	if ch.Ops == 0 {
 		if !snapshot {
-			return nil, 0, 0
+			return nil, ch
 		}
 		b = b[:len(b)-1] // the comma after add /quotes
 	}
@@ -149,5 +165,5 @@ func (c *conn) buildPatch(b []byte) (frame []byte, ops int, conflated uint64) {
 	}
 	b = append(b, '}')
 	c.seq++
-	return sealFrame(b, ws.OpText), ch.Ops, ch.Conflated
+	return sealFrame(b, ws.OpText), ch
 }
