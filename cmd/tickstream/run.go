@@ -62,10 +62,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		func() float64 { return float64(len(h.Active(nil))) })
 
 	wss := ws.NewServer(ws.Config{
-		MaxConnections: cfg.WSMaxConnections,
-		MaxSymbols:     cfg.WSMaxSymbols,
-		IdleTimeout:    cfg.WSIdleTimeout,
-		PingInterval:   cfg.WSHealthCheckInterval,
+		MaxConnections:     cfg.WSMaxConnections,
+		MaxSymbols:         cfg.WSMaxSymbols,
+		IdleTimeout:        cfg.WSIdleTimeout,
+		PingInterval:       cfg.WSHealthCheckInterval,
+		WriteTimeout:       cfg.WSWriteTimeout,
+		SlowConsumerStalls: cfg.WSCircuitBreaker,
 	}, h, log, m)
 	api, err := server.New(log, store, wss, verifier, m, reg, cfg.WSMaxSymbols)
 	if err != nil {

@@ -30,6 +30,8 @@ type Config struct {
 	WSMaxSymbols            int           // WS_MAX_SYMBOLS, 100: symbols per connection
 	WSIdleTimeout           time.Duration // WS_IDLE_TIMEOUT, 30m: a connection with no frame from the client for this long is closed
 	WSHealthCheckInterval   time.Duration // WS_HEALTH_CHECK_INTERVAL, 30s: ping interval; a missed pong closes the connection
+	WSWriteTimeout          time.Duration // WS_WRITE_TIMEOUT, 2s: deadline of one write to a client
+	WSCircuitBreaker        int           // WS_CIRCUIT_BREAKER_THRESHOLD, 5: write deadlines in a row without draining before close 4008 (slow consumer)
 	ShutdownTimeout         time.Duration // SHUTDOWN_TIMEOUT, 10s: how long shutdown waits for clients to close
 	LogLevel                slog.Level    // LOG_LEVEL, info: debug, info, warn or error
 	LogFormat               string        // LOG_FORMAT, "json": json or text
@@ -108,6 +110,8 @@ func settings() []setting {
 		{"WS_MAX_SYMBOLS", "100", "symbols per connection", false, integer(1, 10_000, func(c *Config) *int { return &c.WSMaxSymbols })},
 		{"WS_IDLE_TIMEOUT", "30m", "close a connection that sent no frame for this long", false, duration(time.Second, 0, func(c *Config) *time.Duration { return &c.WSIdleTimeout })},
 		{"WS_HEALTH_CHECK_INTERVAL", "30s", "ping interval; a pong must arrive before the next ping", false, duration(100*time.Millisecond, 0, func(c *Config) *time.Duration { return &c.WSHealthCheckInterval })},
+		{"WS_WRITE_TIMEOUT", "2s", "deadline of one write to a client, 10ms to 1m", false, duration(10*time.Millisecond, time.Minute, func(c *Config) *time.Duration { return &c.WSWriteTimeout })},
+		{"WS_CIRCUIT_BREAKER_THRESHOLD", "5", "write deadlines in a row without draining before a client is closed with 4008 (slow consumer), 1 to 100", false, integer(1, 100, func(c *Config) *int { return &c.WSCircuitBreaker })},
 		{"SHUTDOWN_TIMEOUT", "10s", "how long shutdown waits for clients to close", false, duration(0, 0, func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
 		{"LOG_LEVEL", "info", "debug, info, warn or error", false, func(c *Config, v string) error {
 			return c.LogLevel.UnmarshalText([]byte(v))

@@ -2,8 +2,8 @@ package hub
 
 import (
 	"slices"
-
 	"sync"
+	"time"
 
 	"github.com/tickstream/tickstream/internal/quote"
 )
@@ -35,8 +35,9 @@ type sub struct {
 
 // Changes counts what one AppendChanges call wrote.
 type Changes struct {
-	Ops       int    // symbols added, updated or removed
-	Conflated uint64 // versions skipped because the connection was behind
+	Ops       int       // symbols added, updated or removed
+	Conflated uint64    // versions skipped because the connection was behind
+	Oldest    time.Time // earliest last_updated among the updates (not adds), for fan-out latency
 }
 
 // NewSubscriber registers a connection. wake is called, never under a hub
@@ -218,10 +219,12 @@ func (s *Subscriber) appendOne(b []byte, sb *sub, c Changes) ([]byte, Changes) {
 	case q.Version == sb.sent+1:
 		comma()
 		b = append(b, q.Patch...)
+		c.noteUpdate(q)
 	default:
 		comma()
 		b = append(b, q.Replace...)
 		c.Conflated += q.Version - sb.sent - 1
+		c.noteUpdate(q)
 	}
 	sb.sent = q.Version
 	return b, c
@@ -239,4 +242,10 @@ func (s *Subscriber) CountWith(entries []*quote.Entry) int {
 		}
 	}
 	return n
+}
+
+func (c *Changes) noteUpdate(q *quote.Quote) {
+	if c.Oldest.IsZero() || q.LastUpdated.Before(c.Oldest) {
+		c.Oldest = q.LastUpdated
+	}
 }

@@ -16,6 +16,9 @@ type Metrics struct {
 	UpdatesDelivered prometheus.Counter
 	ConflatedUpdates prometheus.Counter
 	Closes           *prometheus.CounterVec // by close code
+	WriteTimeouts    prometheus.Counter
+	SlowConsumers    prometheus.Counter
+	FanoutLatency    prometheus.Histogram
 	Ticks            prometheus.Counter
 	SymbolsMoved     prometheus.Counter
 	Subscriptions    prometheus.GaugeFunc
@@ -46,6 +49,14 @@ func New(reg prometheus.Registerer, subscriptions, activeSymbols func() float64)
 		Closes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tickstream_server_closes_total", Help: "Connections the server closed, by WebSocket close code."},
 			[]string{"code"}),
+		WriteTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tickstream_write_timeouts_total", Help: "Writes that hit WS_WRITE_TIMEOUT before the socket drained."}),
+		SlowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tickstream_slow_consumer_closes_total", Help: "Connections closed with 4008 after WS_CIRCUIT_BREAKER_THRESHOLD write timeouts in a row."}),
+		FanoutLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tickstream_fanout_latency_seconds",
+			Help:    "From when a price was computed to when the message carrying it was written to the socket (oldest update of each message).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}),
 		Ticks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tickstream_ticks_total", Help: "Price feed ticks that moved at least one symbol."}),
 		SymbolsMoved: prometheus.NewCounter(prometheus.CounterOpts{
@@ -56,7 +67,7 @@ func New(reg prometheus.Registerer, subscriptions, activeSymbols func() float64)
 			Name: "tickstream_active_symbols", Help: "Symbols with at least one subscriber."}, activeSymbols),
 	}
 	reg.MustRegister(m.Connections, m.Handshakes, m.MessagesSent, m.BytesSent, m.MessagesReceived,
-		m.BytesReceived, m.UpdatesDelivered, m.ConflatedUpdates, m.Closes, m.Ticks, m.SymbolsMoved,
+		m.BytesReceived, m.UpdatesDelivered, m.ConflatedUpdates, m.Closes, m.WriteTimeouts, m.SlowConsumers, m.FanoutLatency, m.Ticks, m.SymbolsMoved,
 		m.Subscriptions, m.ActiveSymbols)
 	return m
 }

@@ -41,6 +41,14 @@ type conn struct {
 	ping      *time.Timer
 
 	awaitingPong atomic.Bool
+
+	// Owned by the writer goroutine (one at a time, handed over through
+	// writing): the unsent tail of a write that hit its deadline, the
+	// deadlines hit in a row, and whether the close frame was in the
+	// last write.
+	rest        []byte
+	stalls      int
+	closeQueued bool
 }
 
 func newConn(s *Server, nc net.Conn, br *bufio.Reader, log *slog.Logger) *conn {

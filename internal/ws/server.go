@@ -29,8 +29,11 @@ type Config struct {
 	MaxSymbols     int           // WS_MAX_SYMBOLS per connection
 	IdleTimeout    time.Duration // WS_IDLE_TIMEOUT: no frame from the client for this long closes it
 	PingInterval   time.Duration // WS_HEALTH_CHECK_INTERVAL
-	WriteTimeout   time.Duration // deadline of one write; 0 means 10s
-	CloseGrace     time.Duration // wait for the client's close reply; 0 means 2s
+	WriteTimeout   time.Duration // WS_WRITE_TIMEOUT: deadline of one write
+	// SlowConsumerStalls is WS_CIRCUIT_BREAKER_THRESHOLD: write deadlines
+	// in a row without draining after which the connection is closed 4008.
+	SlowConsumerStalls int
+	CloseGrace         time.Duration // wait for the client's close reply; 0 means 2s
 }
 
 // Errors Accept returns before it writes anything, so the caller can answer
@@ -64,9 +67,6 @@ type Server struct {
 
 // NewServer returns a server delivering h's quotes.
 func NewServer(cfg Config, h *hub.Hub, log *slog.Logger, m *metrics.Metrics) *Server {
-	if cfg.WriteTimeout == 0 {
-		cfg.WriteTimeout = 10 * time.Second
-	}
 	if cfg.CloseGrace == 0 {
 		cfg.CloseGrace = 2 * time.Second
 	}

@@ -2,7 +2,9 @@ package ws
 
 import (
 	"encoding/json"
+	"errors"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -45,42 +47,105 @@ var msgPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b 
 // maxPooled keeps a rare huge snapshot from pinning its buffer in the pool.
 const maxPooled = 64 << 10
 
-// flush writes everything pending in one system call and reports whether it
-// wrote anything.
+// flush writes everything pending in one system call and reports whether
+// the writer should go round again.
 func (c *conn) flush() bool {
 	if c.dead.Load() {
 		return false
+	}
+	if len(c.rest) > 0 {
+		// The last write hit its deadline half-way: finish that first.
+		// Meanwhile new changes wait in the subscriber's pending set.
+		c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+		n, err := c.nc.Write(c.rest)
+		c.rest = c.rest[n:]
+		c.srv.m.BytesSent.Add(float64(n))
+		return c.afterWrite(err)
 	}
 	frames, msg, ch, closing, ok := c.collect()
 	if !ok {
 		return false
 	}
-	n, err := c.write(frames)
+	bufs := net.Buffers(frames)
+	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	n, err := bufs.WriteTo(c.nc) // writev; consumes bufs
+	if err != nil && len(bufs) > 0 {
+		c.rest = slices.Concat(bufs...) // copied: msg goes back to the pool
+	}
 	if msg != nil {
 		putBuf(msg)
 	}
 	m := c.srv.m
 	m.BytesSent.Add(float64(n))
-	if err != nil {
+	m.MessagesSent.Add(float64(len(frames)))
+	m.UpdatesDelivered.Add(float64(ch.Ops))
+	m.ConflatedUpdates.Add(float64(ch.Conflated))
+	if !ch.Oldest.IsZero() {
+		m.FanoutLatency.Observe(time.Since(ch.Oldest).Seconds())
+	}
+	c.closeQueued = closing
+	return c.afterWrite(err)
+}
+
+// afterWrite applies the slow-consumer policy to a write's outcome and
+// reports whether the writer should go on. A write that hits its deadline
+// is retried; WS_CIRCUIT_BREAKER_THRESHOLD of them in a row close the
+// connection with 4008.
+func (c *conn) afterWrite(err error) bool {
+	var ne net.Error
+	switch {
+	case err == nil && len(c.rest) == 0:
+		c.stalls = 0
+		if c.closeQueued {
+			c.finishClose()
+			return false
+		}
+		return true
+	case errors.As(err, &ne) && ne.Timeout():
+		c.stalls++
+		c.srv.m.WriteTimeouts.Inc()
+		if c.stalls < c.srv.cfg.SlowConsumerStalls {
+			return true
+		}
+		c.dropSlowConsumer()
+		return false
+	default:
 		c.log.Debug("write failed", "err", err)
 		c.dead.Store(true)
 		c.nc.Close() // the reader fails and tears down
-		if closing {
+		if c.closeQueued {
 			close(c.closeSent)
 		}
 		return false
 	}
-	m.MessagesSent.Add(float64(len(frames)))
-	m.UpdatesDelivered.Add(float64(ch.Ops))
-	m.ConflatedUpdates.Add(float64(ch.Conflated))
-	if closing {
-		c.dead.Store(true)
-		// Bound the wait for the client's close reply.
-		c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.CloseGrace))
-		close(c.closeSent)
-		return false
+}
+
+// finishClose runs once the close frame is on the wire: nothing more is
+// written, and the reader waits CloseGrace at most for the client's reply.
+func (c *conn) finishClose() {
+	c.dead.Store(true)
+	c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.CloseGrace))
+	close(c.closeSent)
+}
+
+// dropSlowConsumer closes a connection that has not drained for
+// SlowConsumerStalls write deadlines in a row. The close frame goes behind
+// the undelivered bytes, best effort, and the socket is closed at once.
+func (c *conn) dropSlowConsumer() {
+	c.log.Info("closing slow consumer", "stalls", c.stalls, "undelivered_bytes", len(c.rest))
+	c.srv.m.SlowConsumers.Inc()
+	c.srv.m.Closes.WithLabelValues(strconv.Itoa(int(CloseSlowConsumer))).Inc()
+	c.dead.Store(true)
+	c.nc.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	if !c.closeQueued {
+		bufs := net.Buffers{c.rest, closeFrame(CloseSlowConsumer, "slow consumer")}
+		bufs.WriteTo(c.nc)
 	}
-	return true
+	c.rest = nil
+	c.nc.Close()
+	if c.closeQueued {
+		close(c.closeSent)
+	}
 }
 
 // collect takes what is pending, in the order it goes on the wire: the
@@ -124,16 +189,6 @@ func putBuf(msg *[]byte) {
 	if cap(*msg) <= maxPooled {
 		msgPool.Put(msg)
 	}
-}
-
-func (c *conn) write(frames [][]byte) (int64, error) {
-	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
-	if len(frames) == 1 {
-		n, err := c.nc.Write(frames[0])
-		return int64(n), err
-	}
-	bufs := net.Buffers(frames)
-	return bufs.WriteTo(c.nc)
 }
 
 // buildPatch assembles the next quotes_patch frame in b from the shared
