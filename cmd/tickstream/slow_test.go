@@ -78,4 +78,3 @@ func TestSlowConsumerClosed4008(t *testing.T) {
 		calm.nextOf("quotes_patch")
 	}
 }
-
