@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -481,5 +482,44 @@ func TestConformance(t *testing.T) {
 			}
 			checkConverges(t, s, w, []string{"AAPL", "SPY", "TSLA", "QQQ"})
 		})
+	}
+}
+
+// TestNoLeakAfterChurn opens and closes connections in every way they end
+// and checks goroutines return to where they were.
+func TestNoLeakAfterChurn(t *testing.T) {
+	s := startServer(t, map[string]string{"LOG_LEVEL": "info"})
+	s.dial("?symbols=AAPL").next() // warm up: the feed, pools, keep-alives
+	time.Sleep(100 * time.Millisecond)
+	before := runtime.NumGoroutine()
+	for i := range 60 {
+		w := s.dial("?symbols=AAPL,MSFT")
+		w.next()
+		switch i % 3 {
+		case 0:
+			w.c.Close(websocket.StatusNormalClosure, "")
+		case 1:
+			w.c.CloseNow() // TCP close, no close frame
+		case 2:
+			w.c.Write(context.Background(), websocket.MessageBinary, []byte{1}) // server closes 1003
+			w.closeCode()
+			w.c.CloseNow()
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var m struct{ Quotes map[string]any }
+		s.get("/v1/quotes?symbols=AAPL", &m) // a request, so idle HTTP keep-alives settle
+		http.DefaultClient.CloseIdleConnections()
+		after := runtime.NumGoroutine()
+		if after <= before+2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			n := runtime.Stack(buf, true)
+			t.Fatalf("goroutines: %d before, %d after churn\n%s", before, after, buf[:n])
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
