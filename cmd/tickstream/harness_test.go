@@ -167,10 +167,16 @@ func (s *testServer) wsURL(query string) string { return "ws://" + s.addr + "/ws
 // dial opens a WebSocket with the valid token in the Authorization header.
 func (s *testServer) dial(query string) *wsClient {
 	s.t.Helper()
+	return s.dialWith(query, websocket.CompressionDisabled)
+}
+
+// dialWith opens a WebSocket offering compression as mode says.
+func (s *testServer) dialWith(query string, mode websocket.CompressionMode) *wsClient {
+	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	h := http.Header{"Authorization": {"Bearer " + s.validToken()}}
-	c, resp, err := websocket.Dial(ctx, s.wsURL(query), &websocket.DialOptions{HTTPHeader: h})
+	c, resp, err := websocket.Dial(ctx, s.wsURL(query), &websocket.DialOptions{HTTPHeader: h, CompressionMode: mode})
 	if err != nil {
 		body := ""
 		if resp != nil {
@@ -180,7 +186,7 @@ func (s *testServer) dial(query string) *wsClient {
 		s.t.Fatalf("dial %s: %v%s", query, err, body)
 	}
 	c.SetReadLimit(1 << 20)
-	wc := &wsClient{t: s.t, c: c, doc: []byte(`{}`)}
+	wc := &wsClient{t: s.t, c: c, doc: []byte(`{}`), extensions: resp.Header.Get("Sec-WebSocket-Extensions")}
 	s.t.Cleanup(func() { c.CloseNow() })
 	return wc
 }
@@ -209,6 +215,8 @@ type wsClient struct {
 	c   *websocket.Conn
 	doc []byte
 	seq int
+	// extensions is the server's Sec-WebSocket-Extensions answer.
+	extensions string
 }
 
 // message is any server message.

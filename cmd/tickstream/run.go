@@ -68,6 +68,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		PingInterval:       cfg.WSHealthCheckInterval,
 		WriteTimeout:       cfg.WSWriteTimeout,
 		SlowConsumerStalls: cfg.WSCircuitBreaker,
+		Compression:        cfg.WSCompression,
 	}, h, log, m)
 	api, err := server.New(log, store, wss, verifier, m, reg, cfg.WSMaxSymbols)
 	if err != nil {

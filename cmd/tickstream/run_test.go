@@ -523,3 +523,43 @@ func TestNoLeakAfterChurn(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestCompression runs the conformance check over permessage-deflate with
+// and without context takeover, client messages compressed too, and checks
+// that WS_COMPRESSION=off declines the offer.
+func TestCompression(t *testing.T) {
+	s := startServer(t, map[string]string{"SIM_UPDATE": "all", "PRICE_UPDATE_INTERVAL": "20ms"})
+	tests := []struct {
+		mode websocket.CompressionMode
+		want string
+	}{
+		{websocket.CompressionContextTakeover, "permessage-deflate;client_no_context_takeover"},
+		{websocket.CompressionNoContextTakeover, "permessage-deflate;server_no_context_takeover;client_no_context_takeover"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.want, func(t *testing.T) {
+			w := s.dialWith("?symbols=AAPL,MSFT,SPY,BTC", tt.mode)
+			if w.extensions != tt.want {
+				t.Errorf("Sec-WebSocket-Extensions: got %q, want %q", w.extensions, tt.want)
+			}
+			for range 20 {
+				w.next()
+			}
+			// Over 512 bytes, so the client compresses it.
+			w.send(`{"type":"subscribe","symbols":["TSLA"` + strings.Repeat(`,"TSLA"`, 100) + `]}`)
+			w.nextOf("subscribed")
+			for range 20 {
+				w.next()
+			}
+			checkConverges(t, s, w, []string{"AAPL", "MSFT", "SPY", "TSLA"})
+		})
+	}
+	t.Run("off", func(t *testing.T) {
+		off := startServer(t, map[string]string{"WS_COMPRESSION": "off"})
+		w := off.dialWith("?symbols=AAPL", websocket.CompressionContextTakeover)
+		if w.extensions != "" {
+			t.Errorf("Sec-WebSocket-Extensions: got %q, want none", w.extensions)
+		}
+		w.next()
+	})
+}

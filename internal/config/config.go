@@ -32,6 +32,7 @@ type Config struct {
 	WSHealthCheckInterval   time.Duration // WS_HEALTH_CHECK_INTERVAL, 30s: ping interval; a missed pong closes the connection
 	WSWriteTimeout          time.Duration // WS_WRITE_TIMEOUT, 2s: deadline of one write to a client
 	WSCircuitBreaker        int           // WS_CIRCUIT_BREAKER_THRESHOLD, 5: write deadlines in a row without draining before close 4008 (slow consumer)
+	WSCompression           bool          // WS_COMPRESSION, on: accept permessage-deflate (RFC 7692) when the client offers it
 	ShutdownTimeout         time.Duration // SHUTDOWN_TIMEOUT, 10s: how long shutdown waits for clients to close
 	LogLevel                slog.Level    // LOG_LEVEL, info: debug, info, warn or error
 	LogFormat               string        // LOG_FORMAT, "json": json or text
@@ -112,6 +113,17 @@ func settings() []setting {
 		{"WS_HEALTH_CHECK_INTERVAL", "30s", "ping interval; a pong must arrive before the next ping", false, duration(100*time.Millisecond, 0, func(c *Config) *time.Duration { return &c.WSHealthCheckInterval })},
 		{"WS_WRITE_TIMEOUT", "2s", "deadline of one write to a client, 10ms to 1m", false, duration(10*time.Millisecond, time.Minute, func(c *Config) *time.Duration { return &c.WSWriteTimeout })},
 		{"WS_CIRCUIT_BREAKER_THRESHOLD", "5", "write deadlines in a row without draining before a client is closed with 4008 (slow consumer), 1 to 100", false, integer(1, 100, func(c *Config) *int { return &c.WSCircuitBreaker })},
+		{"WS_COMPRESSION", "on", "on: accept permessage-deflate (RFC 7692) when a client offers it; off: never compress", false, func(c *Config, v string) error {
+			switch strings.ToLower(v) {
+			case "on":
+				c.WSCompression = true
+			case "off":
+				c.WSCompression = false
+			default:
+				return errors.New(`must be "on" or "off"`)
+			}
+			return nil
+		}},
 		{"SHUTDOWN_TIMEOUT", "10s", "how long shutdown waits for clients to close", false, duration(0, 0, func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
 		{"LOG_LEVEL", "info", "debug, info, warn or error", false, func(c *Config, v string) error {
 			return c.LogLevel.UnmarshalText([]byte(v))

@@ -26,6 +26,9 @@ type conn struct {
 	log *slog.Logger
 	sub *hub.Subscriber
 	fr  frameReader
+	// deflate compresses quotes_patch messages; nil without
+	// permessage-deflate. Used under mu (by buildPatch's caller).
+	deflate *deflater
 
 	writing atomic.Bool // a writer goroutine is running
 	again   atomic.Bool // work arrived while the writer was running
@@ -51,8 +54,8 @@ type conn struct {
 	closeQueued bool
 }
 
-func newConn(s *Server, nc net.Conn, br *bufio.Reader, log *slog.Logger) *conn {
-	c := &conn{srv: s, nc: nc, log: log, closeSent: make(chan struct{})}
+func newConn(s *Server, nc net.Conn, br *bufio.Reader, d *deflater, log *slog.Logger) *conn {
+	c := &conn{srv: s, nc: nc, log: log, deflate: d, closeSent: make(chan struct{})}
 	var r io.Reader = nc
 	if n := br.Buffered(); n > 0 {
 		// The client sent frames right behind its handshake; read those
@@ -60,7 +63,7 @@ func newConn(s *Server, nc net.Conn, br *bufio.Reader, log *slog.Logger) *conn {
 		early, _ := br.Peek(n)
 		r = io.MultiReader(bytesReader(early), nc)
 	}
-	c.fr = frameReader{r: r, onPing: c.onPing, onPong: c.onPong, onFrame: c.onFrame}
+	c.fr = frameReader{r: r, compress: d != nil, onPing: c.onPing, onPong: c.onPong, onFrame: c.onFrame}
 	c.sub = s.hub.NewSubscriber(c.kick)
 	return c
 }

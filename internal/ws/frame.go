@@ -26,10 +26,13 @@ func headerLen(n int) int {
 	return 10
 }
 
+// rsv1 marks a compressed message (RFC 7692).
+const rsv1 = 0x40
+
 // putHeader writes a final, unmasked frame header for an n-byte payload into
-// dst, which must be exactly headerLen(n) long.
-func putHeader(dst []byte, op ws.OpCode, n int) {
-	dst[0] = 0x80 | byte(op)
+// dst, which must be exactly headerLen(n) long. flags is 0 or rsv1.
+func putHeader(dst []byte, op ws.OpCode, flags byte, n int) {
+	dst[0] = 0x80 | flags | byte(op)
 	switch len(dst) {
 	case 2:
 		dst[1] = byte(n)
@@ -44,17 +47,17 @@ func putHeader(dst []byte, op ws.OpCode, n int) {
 
 // sealFrame turns buf, which holds maxHeaderLen reserved bytes followed by
 // a payload, into one frame and returns it (a sub-slice of buf).
-func sealFrame(buf []byte, op ws.OpCode) []byte {
+func sealFrame(buf []byte, op ws.OpCode, flags byte) []byte {
 	n := len(buf) - maxHeaderLen
 	start := maxHeaderLen - headerLen(n)
-	putHeader(buf[start:maxHeaderLen], op, n)
+	putHeader(buf[start:maxHeaderLen], op, flags, n)
 	return buf[start:]
 }
 
 // newFrame returns a frame holding payload.
 func newFrame(op ws.OpCode, payload []byte) []byte {
 	b := make([]byte, maxHeaderLen, maxHeaderLen+len(payload))
-	return sealFrame(append(b, payload...), op)
+	return sealFrame(append(b, payload...), op, 0)
 }
 
 // closeFrame returns a close frame with code and reason.
@@ -80,17 +83,18 @@ func (e *peerClosedError) Error() string { return fmt.Sprintf("peer closed with 
 // frameReader reads client frames straight from the connection: it holds no
 // buffer between messages, so an idle connection costs no read buffer.
 type frameReader struct {
-	r       io.Reader
-	onPing  func(payload []byte)
-	onPong  func()
-	onFrame func() // any frame arrived (for the idle timer)
+	r        io.Reader
+	compress bool // permessage-deflate was negotiated: RSV1 may mark a message
+	onPing   func(payload []byte)
+	onPong   func()
+	onFrame  func() // any frame arrived (for the idle timer)
 }
 
 // readMessage returns the next complete text message, answering control
 // frames on the way. Every protocol violation comes back as a *closeError.
 func (fr *frameReader) readMessage() ([]byte, error) {
 	var msg []byte
-	started := false
+	started, compressed := false, false
 	for {
 		h, err := ws.ReadHeader(fr.r)
 		if err != nil {
@@ -100,6 +104,10 @@ func (fr *frameReader) readMessage() ([]byte, error) {
 			return nil, err
 		}
 		fr.onFrame()
+		if fr.compress && h.Rsv == rsv1>>4 && !started && (h.OpCode == ws.OpText || h.OpCode == ws.OpBinary) {
+			compressed = true
+			h.Rsv = 0
+		}
 		if err := checkHeader(h); err != nil {
 			return nil, err
 		}
@@ -122,6 +130,13 @@ func (fr *frameReader) readMessage() ([]byte, error) {
 			return nil, err
 		}
 		if h.Fin {
+			if compressed {
+				if msg, err = inflate(msg, MaxMessageSize); errors.Is(err, errInflatedTooBig) {
+					return nil, closeWith(CloseTooBig, fmt.Sprintf("message larger than %d bytes", MaxMessageSize))
+				} else if err != nil {
+					return nil, closeWith(CloseInvalidPayload, "message does not inflate")
+				}
+			}
 			if !utf8.Valid(msg) {
 				return nil, closeWith(CloseInvalidPayload, "text message is not valid UTF-8")
 			}

@@ -34,6 +34,7 @@ type Config struct {
 	// in a row without draining after which the connection is closed 4008.
 	SlowConsumerStalls int
 	CloseGrace         time.Duration // wait for the client's close reply; 0 means 2s
+	Compression        bool          // WS_COMPRESSION: accept permessage-deflate offers
 }
 
 // Errors Accept returns before it writes anything, so the caller can answer
@@ -124,6 +125,10 @@ func (s *Server) Accept(w http.ResponseWriter, r *http.Request, p Params) error 
 		return err
 	}
 	up := ws.HTTPUpgrader{Timeout: s.cfg.WriteTimeout}
+	var neg deflateNegotiator
+	if s.cfg.Compression {
+		up.Negotiate = neg.negotiate
+	}
 	nc, rw, _, err := up.Upgrade(r, w)
 	if err != nil {
 		s.unreserve()
@@ -133,7 +138,7 @@ func (s *Server) Accept(w http.ResponseWriter, r *http.Request, p Params) error 
 		return fmt.Errorf("upgrade: %w", err)
 	}
 	id := s.next.Add(1)
-	c := newConn(s, nc, rw.Reader, s.log.With("conn", id, "sub", p.Subject, "remote", r.RemoteAddr))
+	c := newConn(s, nc, rw.Reader, neg.deflater(), s.log.With("conn", id, "sub", p.Subject, "remote", r.RemoteAddr))
 	if !s.register(c) {
 		// Shutdown began during the upgrade.
 		c.closeNow(CloseGoingAway, "server shutting down")

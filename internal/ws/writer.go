@@ -166,17 +166,18 @@ func (c *conn) collect() (frames [][]byte, msg *[]byte, ch hub.Changes, closing,
 		var patch []byte
 		snapshot := c.seq == 0
 		patch, ch = c.buildPatch(*msg)
+		if patch == nil {
+			putBuf(msg)
+			msg = nil
+		} else {
+			patch, msg = c.seal(patch, msg)
+		}
 		switch {
 		case patch == nil:
-			msgPool.Put(msg)
-			msg = nil
 		case snapshot:
 			frames = append([][]byte{patch}, frames...)
 		default:
 			frames = append(frames, patch)
-		}
-		if patch != nil && cap(patch) > cap(*msg) {
-			*msg = patch[:0] // keep the grown buffer
 		}
 	}
 	if closing {
@@ -191,7 +192,28 @@ func putBuf(msg *[]byte) {
 	}
 }
 
-// buildPatch assembles the next quotes_patch frame in b from the shared
+// seal turns the buffer buildPatch filled (reserved header bytes, then the
+// payload) into a frame, compressed into another pooled buffer when the
+// connection negotiated permessage-deflate. It returns the frame and the
+// pooled buffer that holds it.
+func (c *conn) seal(b []byte, msg *[]byte) ([]byte, *[]byte) {
+	if cap(b) > cap(*msg) {
+		*msg = b[:0] // keep the grown buffer
+	}
+	if c.deflate == nil {
+		return sealFrame(b, ws.OpText, 0), msg
+	}
+	z := msgPool.Get().(*[]byte)
+	zb := c.deflate.compress(append((*z)[:0], make([]byte, maxHeaderLen)...), b[maxHeaderLen:])
+	if cap(zb) > cap(*z) {
+		*z = zb[:0]
+	}
+	putBuf(msg)
+	return sealFrame(zb, ws.OpText, rsv1), z
+}
+
+// buildPatch assembles the next quotes_patch message in b, after
+// maxHeaderLen bytes reserved for the frame header, from the shared
 // operation fragments of the pending symbols; c.mu is held. It returns nil
 // when there is nothing to send. The first message (seq 1) is the snapshot:
 // it starts with add /quotes {} and carries invalid_symbols.
@@ -220,5 +242,5 @@ func (c *conn) buildPatch(b []byte) (frame []byte, ch hub.Changes) {
 	}
 	b = append(b, '}')
 	c.seq++
-	return sealFrame(b, ws.OpText), ch
+	return b, ch
 }
