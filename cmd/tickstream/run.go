@@ -57,11 +57,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m := metrics.New(reg,
-		func() float64 { return float64(h.Subscriptions()) },
-		func() float64 { return float64(len(h.Active(nil))) })
+	var wss *ws.Server // read by a gauge only after it is set below
+	m := metrics.New(reg, metrics.Gauges{
+		Subscriptions:   func() float64 { return float64(h.Subscriptions()) },
+		ActiveSymbols:   func() float64 { return float64(len(h.Active(nil))) },
+		IdleConnections: func() float64 { return float64(wss.Idle()) },
+	})
 
-	wss := ws.NewServer(ws.Config{
+	wss = ws.NewServer(ws.Config{
 		MaxConnections:     cfg.WSMaxConnections,
 		MaxSymbols:         cfg.WSMaxSymbols,
 		IdleTimeout:        cfg.WSIdleTimeout,

@@ -23,11 +23,18 @@ type Metrics struct {
 	SymbolsMoved     prometheus.Counter
 	Subscriptions    prometheus.GaugeFunc
 	ActiveSymbols    prometheus.GaugeFunc
+	IdleConnections  prometheus.GaugeFunc
 }
 
-// New registers the collectors on reg. subscriptions and activeSymbols are
-// read at scrape time.
-func New(reg prometheus.Registerer, subscriptions, activeSymbols func() float64) *Metrics {
+// Gauges are read when /metrics is scraped.
+type Gauges struct {
+	Subscriptions   func() float64 // (connection, symbol) pairs
+	ActiveSymbols   func() float64 // symbols with a subscriber
+	IdleConnections func() float64 // connections subscribed to nothing
+}
+
+// New registers the collectors on reg.
+func New(reg prometheus.Registerer, g Gauges) *Metrics {
 	m := &Metrics{
 		Connections: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tickstream_connections", Help: "Open WebSocket connections."}),
@@ -62,12 +69,14 @@ func New(reg prometheus.Registerer, subscriptions, activeSymbols func() float64)
 		SymbolsMoved: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tickstream_symbol_updates_total", Help: "Quote updates produced by the feed."}),
 		Subscriptions: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "tickstream_subscriptions", Help: "Subscriptions: one per connection and symbol."}, subscriptions),
+			Name: "tickstream_subscriptions", Help: "Subscriptions: one per connection and symbol."}, g.Subscriptions),
 		ActiveSymbols: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "tickstream_active_symbols", Help: "Symbols with at least one subscriber."}, activeSymbols),
+			Name: "tickstream_active_symbols", Help: "Symbols with at least one subscriber."}, g.ActiveSymbols),
+		IdleConnections: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tickstream_connections_idle", Help: "Open connections subscribed to no symbol; the others are active."}, g.IdleConnections),
 	}
 	reg.MustRegister(m.Connections, m.Handshakes, m.MessagesSent, m.BytesSent, m.MessagesReceived,
 		m.BytesReceived, m.UpdatesDelivered, m.ConflatedUpdates, m.Closes, m.WriteTimeouts, m.SlowConsumers, m.FanoutLatency, m.Ticks, m.SymbolsMoved,
-		m.Subscriptions, m.ActiveSymbols)
+		m.Subscriptions, m.ActiveSymbols, m.IdleConnections)
 	return m
 }

@@ -22,7 +22,8 @@ func BenchmarkBuildPatch(b *testing.B) {
 		b.Fatal(err)
 	}
 	h := hub.New(store)
-	m := metrics.New(prometheus.NewRegistry(), func() float64 { return 0 }, func() float64 { return 0 })
+	zero := func() float64 { return 0 }
+	m := metrics.New(prometheus.NewRegistry(), metrics.Gauges{Subscriptions: zero, ActiveSymbols: zero, IdleConnections: zero})
 	s := NewServer(Config{}, h, slog.New(slog.NewTextHandler(io.Discard, nil)), m)
 	es := store.Entries()[:5]
 	conns := make([]*conn, 1000)

@@ -88,6 +88,19 @@ func (s *Server) Len() int {
 	return len(s.conns)
 }
 
+// Idle returns the number of open connections subscribed to no symbol.
+func (s *Server) Idle() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for c := range s.conns {
+		if c.sub.Count() == 0 {
+			n++
+		}
+	}
+	return n
+}
+
 // CheckUpgrade reports why r is not a WebSocket upgrade request that this
 // server can accept, so the caller can answer 400 before anything else.
 func CheckUpgrade(r *http.Request) error {
