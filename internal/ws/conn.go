@@ -23,7 +23,8 @@ import (
 type conn struct {
 	srv *Server
 	nc  net.Conn
-	log *slog.Logger
+	id  uint64
+	who string // the token's subject and the remote address, for logs
 	sub *hub.Subscriber
 	fr  frameReader
 	// deflate compresses quotes_patch messages; nil without
@@ -54,8 +55,8 @@ type conn struct {
 	closeQueued bool
 }
 
-func newConn(s *Server, nc net.Conn, br *bufio.Reader, d *deflater, log *slog.Logger) *conn {
-	c := &conn{srv: s, nc: nc, log: log, deflate: d, closeSent: make(chan struct{})}
+func newConn(s *Server, nc net.Conn, br *bufio.Reader, d *deflater, id uint64, who string) *conn {
+	c := &conn{srv: s, nc: nc, id: id, who: who, deflate: d, closeSent: make(chan struct{})}
 	var r io.Reader = nc
 	if n := br.Buffered(); n > 0 {
 		// The client sent frames right behind its handshake; read those
@@ -83,6 +84,10 @@ func (r *sliceReader) Read(p []byte) (int, error) {
 	r.b = r.b[n:]
 	return n, nil
 }
+
+// log returns the connection's logger. It is made on demand: logging is
+// rare, and a logger per connection would cost memory on every idle one.
+func (c *conn) log() *slog.Logger { return c.srv.log.With("conn", c.id, "client", c.who) }
 
 // serve subscribes the handshake's symbols, sends the snapshot and reads
 // client messages until the connection ends.
@@ -144,16 +149,16 @@ func (c *conn) readFailed(err error) {
 	var ne net.Error
 	switch {
 	case errors.As(err, &pc):
-		c.log.Debug("client closed", "code", int(pc.code))
+		c.log().Debug("client closed", "code", int(pc.code))
 		c.queueClose(pc.code, "")
 	case errors.As(err, &ce):
-		c.log.Info("closing: protocol violation", "code", int(ce.code), "reason", ce.reason)
+		c.log().Info("closing: protocol violation", "code", int(ce.code), "reason", ce.reason)
 		c.close(ce.code, ce.reason)
 	case errors.As(err, &ne) && ne.Timeout() && !c.isClosing():
 		c.close(ClosePolicy, "idle timeout")
 	default:
 		if !c.isClosing() && !c.dead.Load() {
-			c.log.Debug("read ended", "err", err)
+			c.log().Debug("read ended", "err", err)
 		}
 		return
 	}

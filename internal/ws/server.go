@@ -130,7 +130,7 @@ func headerHasToken(values []string, token string) bool {
 	return false
 }
 
-// Accept upgrades r and serves the connection until it ends. It returns
+// Accept upgrades r and starts serving the connection. It returns
 // ErrFull or ErrDraining, having written nothing, when it cannot take the
 // connection; any other error means the upgrade itself failed.
 func (s *Server) Accept(w http.ResponseWriter, r *http.Request, p Params) error {
@@ -150,15 +150,16 @@ func (s *Server) Accept(w http.ResponseWriter, r *http.Request, p Params) error 
 		}
 		return fmt.Errorf("upgrade: %w", err)
 	}
-	id := s.next.Add(1)
-	c := newConn(s, nc, rw.Reader, neg.deflater(), s.log.With("conn", id, "sub", p.Subject, "remote", r.RemoteAddr))
+	c := newConn(s, nc, rw.Reader, neg.deflater(), s.next.Add(1), p.Subject+"@"+r.RemoteAddr)
 	if !s.register(c) {
 		// Shutdown began during the upgrade.
 		c.closeNow(CloseGoingAway, "server shutting down")
 		return nil
 	}
-	c.log.Debug("connected", "symbols", len(p.Entries), "invalid", len(p.Invalid))
-	c.serve(p)
+	c.log().Debug("connected", "symbols", len(p.Entries), "invalid", len(p.Invalid))
+	// A goroutine of its own, so that the HTTP server's goroutine returns
+	// and its deep stack, request and buffers are freed.
+	go c.serve(p)
 	return nil
 }
 

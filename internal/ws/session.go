@@ -25,7 +25,7 @@ func (c *conn) handle(data []byte) {
 	}
 	var pe *protocolError
 	if errors.As(err, &pe) {
-		c.log.Debug("client error", "code", pe.code)
+		c.log().Debug("client error", "code", pe.code)
 		c.reply(errorMessage{Type: "error", ID: pe.id, Code: pe.code, Message: pe.message})
 	}
 }

@@ -110,7 +110,7 @@ func (c *conn) afterWrite(err error) bool {
 		c.dropSlowConsumer()
 		return false
 	default:
-		c.log.Debug("write failed", "err", err)
+		c.log().Debug("write failed", "err", err)
 		c.dead.Store(true)
 		c.nc.Close() // the reader fails and tears down
 		if c.closeQueued {
@@ -132,7 +132,7 @@ func (c *conn) finishClose() {
 // SlowConsumerStalls write deadlines in a row. The close frame goes behind
 // the undelivered bytes, best effort, and the socket is closed at once.
 func (c *conn) dropSlowConsumer() {
-	c.log.Info("closing slow consumer", "stalls", c.stalls, "undelivered_bytes", len(c.rest))
+	c.log().Info("closing slow consumer", "stalls", c.stalls, "undelivered_bytes", len(c.rest))
 	c.srv.m.SlowConsumers.Inc()
 	c.srv.m.Closes.WithLabelValues(strconv.Itoa(int(CloseSlowConsumer))).Inc()
 	c.dead.Store(true)
