@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -62,6 +63,11 @@ func startServer(t *testing.T, env map[string]string) *testServer {
 		"PRICE_UPDATE_INTERVAL": "50ms",
 		"LOG_LEVEL":             "debug",
 		"SHUTDOWN_TIMEOUT":      "5s",
+	}
+	// CI runs the suite again with TEST_WS_EVENT_LOOP=off, so both ways
+	// of reading connections are tested.
+	if v := os.Getenv("TEST_WS_EVENT_LOOP"); v != "" {
+		vars["WS_EVENT_LOOP"] = v
 	}
 	for k, v := range env {
 		vars[k] = v

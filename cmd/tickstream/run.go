@@ -72,6 +72,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		WriteTimeout:       cfg.WSWriteTimeout,
 		SlowConsumerStalls: cfg.WSCircuitBreaker,
 		Compression:        cfg.WSCompression,
+		ReaderGoroutines:   !cfg.WSEventLoop,
 	}, h, log, m)
 	api, err := server.New(log, store, wss, verifier, m, reg, cfg.WSMaxSymbols)
 	if err != nil {

@@ -33,6 +33,7 @@ type Config struct {
 	WSWriteTimeout          time.Duration // WS_WRITE_TIMEOUT, 2s: deadline of one write to a client
 	WSCircuitBreaker        int           // WS_CIRCUIT_BREAKER_THRESHOLD, 5: write deadlines in a row without draining before close 4008 (slow consumer)
 	WSCompression           bool          // WS_COMPRESSION, on: accept permessage-deflate (RFC 7692) when the client offers it
+	WSEventLoop             bool          // WS_EVENT_LOOP, on: idle connections are watched by epoll instead of a reader goroutine each
 	ShutdownTimeout         time.Duration // SHUTDOWN_TIMEOUT, 10s: how long shutdown waits for clients to close
 	LogLevel                slog.Level    // LOG_LEVEL, info: debug, info, warn or error
 	LogFormat               string        // LOG_FORMAT, "json": json or text
@@ -113,17 +114,8 @@ func settings() []setting {
 		{"WS_HEALTH_CHECK_INTERVAL", "30s", "ping interval; a pong must arrive before the next ping", false, duration(100*time.Millisecond, 0, func(c *Config) *time.Duration { return &c.WSHealthCheckInterval })},
 		{"WS_WRITE_TIMEOUT", "2s", "deadline of one write to a client, 10ms to 1m", false, duration(10*time.Millisecond, time.Minute, func(c *Config) *time.Duration { return &c.WSWriteTimeout })},
 		{"WS_CIRCUIT_BREAKER_THRESHOLD", "5", "write deadlines in a row without draining before a client is closed with 4008 (slow consumer), 1 to 100", false, integer(1, 100, func(c *Config) *int { return &c.WSCircuitBreaker })},
-		{"WS_COMPRESSION", "on", "on: accept permessage-deflate (RFC 7692) when a client offers it; off: never compress", false, func(c *Config, v string) error {
-			switch strings.ToLower(v) {
-			case "on":
-				c.WSCompression = true
-			case "off":
-				c.WSCompression = false
-			default:
-				return errors.New(`must be "on" or "off"`)
-			}
-			return nil
-		}},
+		{"WS_COMPRESSION", "on", "on: accept permessage-deflate (RFC 7692) when a client offers it; off: never compress", false, onOff(func(c *Config) *bool { return &c.WSCompression })},
+		{"WS_EVENT_LOOP", "on", "on: epoll watches idle connections (Linux); off: a reader goroutine per connection", false, onOff(func(c *Config) *bool { return &c.WSEventLoop })},
 		{"SHUTDOWN_TIMEOUT", "10s", "how long shutdown waits for clients to close", false, duration(0, 0, func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
 		{"LOG_LEVEL", "info", "debug, info, warn or error", false, func(c *Config, v string) error {
 			return c.LogLevel.UnmarshalText([]byte(v))
@@ -151,6 +143,20 @@ func duration(min, max time.Duration, field func(*Config) *time.Duration) func(*
 			return fmt.Errorf("must be at most %s", max)
 		}
 		*field(c) = d
+		return nil
+	}
+}
+
+func onOff(field func(*Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		switch strings.ToLower(v) {
+		case "on":
+			*field(c) = true
+		case "off":
+			*field(c) = false
+		default:
+			return errors.New(`must be "on" or "off"`)
+		}
 		return nil
 	}
 }

@@ -22,7 +22,7 @@ func TestDefaults(t *testing.T) {
 	want := config.Config{
 		HTTPAddr: ":8080", PriceUpdateInterval: 4 * time.Second, PriceOscillationPercent: 0.01,
 		SimUpdate: "subset", WSMaxConnections: 10000, WSMaxSymbols: 100, WSIdleTimeout: 30 * time.Minute,
-		WSHealthCheckInterval: 30 * time.Second, WSWriteTimeout: 2 * time.Second, WSCircuitBreaker: 5, WSCompression: true, ShutdownTimeout: 10 * time.Second, LogLevel: slog.LevelInfo, LogFormat: "json",
+		WSHealthCheckInterval: 30 * time.Second, WSWriteTimeout: 2 * time.Second, WSCircuitBreaker: 5, WSCompression: true, WSEventLoop: true, ShutdownTimeout: 10 * time.Second, LogLevel: slog.LevelInfo, LogFormat: "json",
 	}
 	if c != want {
 		t.Errorf("got %+v\nwant %+v", c, want)
@@ -65,6 +65,7 @@ func TestInvalid(t *testing.T) {
 		{"WS_WRITE_TIMEOUT", "1ms"},
 		{"WS_CIRCUIT_BREAKER_THRESHOLD", "0"},
 		{"WS_COMPRESSION", "maybe"},
+		{"WS_EVENT_LOOP", "1"},
 		{"SHUTDOWN_TIMEOUT", "-1s"},
 		{"LOG_LEVEL", "loud"},
 		{"LOG_FORMAT", "xml"},

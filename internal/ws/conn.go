@@ -3,7 +3,6 @@ package ws
 import (
 	"bufio"
 	"errors"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -17,9 +16,10 @@ import (
 	"github.com/tickstream/tickstream/internal/hub"
 )
 
-// conn is one WebSocket client. Its reader goroutine lives as long as the
-// connection; a writer goroutine exists only while there is something to
-// send (see kick), so an idle connection costs one goroutine and no buffer.
+// conn is one WebSocket client. No goroutine waits on it while it is idle:
+// reads run when the poller reports data (see poll_linux.go), and a writer
+// goroutine exists only while there is something to send (see kick). One
+// timer per connection drives pings and the idle timeout.
 type conn struct {
 	srv *Server
 	nc  net.Conn
@@ -33,18 +33,21 @@ type conn struct {
 
 	writing atomic.Bool // a writer goroutine is running
 	again   atomic.Bool // work arrived while the writer was running
-	dead    atomic.Bool // the socket failed or was closed: write nothing more
+	dead    atomic.Bool // the socket failed or the close frame went out: write nothing more
+	gone    atomic.Bool // teardown has run
 
-	mu        sync.Mutex // guards the fields below
-	out       [][]byte   // frames for the writer: replies, pongs, pings
-	seq       uint64     // seq of the last quotes_patch sent
-	invalid   []string   // handshake symbols not served; reported in the snapshot
-	holds     int        // while > 0 the reader is between a subscribe and its ack: no patch is built
-	closing   []byte     // close frame to send; once set nothing else is sent
-	closeSent chan struct{}
-	ping      *time.Timer
-
+	lastFrame    atomic.Int64 // unix nanoseconds of the last frame from the client
 	awaitingPong atomic.Bool
+	peerClosed   atomic.Bool // the client's close frame arrived
+
+	mu       sync.Mutex // guards the fields below
+	out      [][]byte   // frames for the writer: replies, pongs, pings
+	seq      uint64     // seq of the last quotes_patch sent
+	invalid  []string   // handshake symbols not served; reported in the snapshot
+	holds    int        // while > 0 the reader is between a subscribe and its ack: no patch is built
+	closing  []byte     // close frame to send; once set nothing else is sent
+	timer    *time.Timer
+	nextPing time.Time
 
 	// Owned by the writer goroutine (one at a time, handed over through
 	// writing): the unsent tail of a write that hit its deadline, the
@@ -56,32 +59,32 @@ type conn struct {
 }
 
 func newConn(s *Server, nc net.Conn, br *bufio.Reader, d *deflater, id uint64, who string) *conn {
-	c := &conn{srv: s, nc: nc, id: id, who: who, deflate: d, closeSent: make(chan struct{})}
-	var r io.Reader = nc
+	c := &conn{srv: s, nc: nc, id: id, who: who, deflate: d}
+	r := &socketReader{nc: nc}
 	if n := br.Buffered(); n > 0 {
-		// The client sent frames right behind its handshake; read those
+		// The client sent frames right behind its handshake: read those
 		// bytes first, then drop the handshake's bufio.Reader.
 		early, _ := br.Peek(n)
-		r = io.MultiReader(bytesReader(early), nc)
+		r.early = append([]byte(nil), early...)
 	}
 	c.fr = frameReader{r: r, compress: d != nil, onPing: c.onPing, onPong: c.onPong, onFrame: c.onFrame}
 	c.sub = s.hub.NewSubscriber(c.kick)
 	return c
 }
 
-func bytesReader(b []byte) io.Reader {
-	cp := append([]byte(nil), b...)
-	return &sliceReader{cp}
+// socketReader reads the bytes that arrived with the handshake, then the
+// socket itself: no buffer of its own.
+type socketReader struct {
+	early []byte
+	nc    net.Conn
 }
 
-type sliceReader struct{ b []byte }
-
-func (r *sliceReader) Read(p []byte) (int, error) {
-	if len(r.b) == 0 {
-		return 0, io.EOF
+func (r *socketReader) Read(p []byte) (int, error) {
+	if len(r.early) == 0 {
+		return r.nc.Read(p)
 	}
-	n := copy(p, r.b)
-	r.b = r.b[n:]
+	n := copy(p, r.early)
+	r.early = r.early[n:]
 	return n, nil
 }
 
@@ -89,89 +92,127 @@ func (r *sliceReader) Read(p []byte) (int, error) {
 // rare, and a logger per connection would cost memory on every idle one.
 func (c *conn) log() *slog.Logger { return c.srv.log.With("conn", c.id, "client", c.who) }
 
-// serve subscribes the handshake's symbols, sends the snapshot and reads
-// client messages until the connection ends.
-func (c *conn) serve(p Params) {
-	defer c.teardown()
+// start subscribes the handshake's symbols, queues the snapshot, starts the
+// timer and hands the connection to the poller (or to a reader goroutine).
+func (c *conn) start(p Params) {
+	now := time.Now()
+	c.lastFrame.Store(now.UnixNano())
 	c.mu.Lock()
 	c.invalid = p.Invalid
 	if c.invalid == nil {
 		c.invalid = []string{}
 	}
-	// The first ping is spread over the interval so that clients that all
-	// reconnected at once are not all pinged at once.
-	c.ping = time.AfterFunc(rand.N(c.srv.cfg.PingInterval)+time.Millisecond, c.onPingTimer)
+	// The first ping falls at a random point of the interval, so clients
+	// that all reconnected at once are not all pinged at once.
+	c.nextPing = now.Add(rand.N(c.srv.cfg.PingInterval) + time.Millisecond)
+	c.timer = time.AfterFunc(c.untilNextCheck(now), c.onTimer)
 	c.mu.Unlock()
 	c.sub.Subscribe(p.Entries)
 	c.kick() // the snapshot is due even with no symbols
-	c.onFrame()
-	for {
-		msg, err := c.fr.readMessage()
-		if err != nil {
-			c.readFailed(err)
+	if c.srv.poller == nil || c.srv.poller.add(c) != nil {
+		go func() {
+			for c.readOne() {
+			}
+		}()
+	}
+}
+
+// readReady runs when the poller saw data: it reads what is there, then
+// re-arms the poller. At most one runs per connection at a time.
+func (c *conn) readReady() {
+	for c.readOne() {
+		if !c.fr.buffered() {
+			if c.srv.poller.rearm(c) != nil {
+				c.teardown()
+			}
 			return
 		}
+	}
+}
+
+// readOne reads and handles one message or control frame, and reports
+// whether the connection is still open for reading.
+func (c *conn) readOne() bool {
+	msg, err := c.fr.readMessage()
+	if err != nil {
+		return c.readFailed(err)
+	}
+	if msg != nil {
 		c.srv.m.MessagesReceived.Inc()
 		c.srv.m.BytesReceived.Add(float64(len(msg)))
 		c.handle(msg)
 	}
+	return !c.gone.Load()
 }
 
-// onFrame runs for every frame from the client: it pushes the idle deadline.
-func (c *conn) onFrame() {
-	c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.IdleTimeout))
-}
+// onFrame runs for every frame from the client.
+func (c *conn) onFrame() { c.lastFrame.Store(time.Now().UnixNano()) }
 
 func (c *conn) onPing(payload []byte) { c.enqueue(newFrame(ws.OpPong, payload)) }
 
 func (c *conn) onPong() { c.awaitingPong.Store(false) }
 
-func (c *conn) onPingTimer() {
-	if c.awaitingPong.Load() {
-		c.close(ClosePolicy, "no pong to the last ping")
+// onTimer sends pings, closes a peer that missed its pong, and closes a
+// connection that sent nothing for IdleTimeout.
+func (c *conn) onTimer() {
+	now := time.Now()
+	if now.Sub(time.Unix(0, c.lastFrame.Load())) >= c.srv.cfg.IdleTimeout {
+		c.close(ClosePolicy, "idle timeout")
 		return
 	}
-	c.awaitingPong.Store(true)
-	c.enqueue(pingFrame)
 	c.mu.Lock()
-	if c.closing == nil {
-		c.ping.Reset(c.srv.cfg.PingInterval)
+	ping := !now.Before(c.nextPing)
+	if ping {
+		c.nextPing = now.Add(c.srv.cfg.PingInterval)
+	}
+	c.mu.Unlock()
+	if ping {
+		if c.awaitingPong.Load() {
+			c.close(ClosePolicy, "no pong to the last ping")
+			return
+		}
+		c.awaitingPong.Store(true)
+		c.enqueue(pingFrame)
+	}
+	c.mu.Lock()
+	if c.closing == nil && !c.gone.Load() {
+		c.timer.Reset(c.untilNextCheck(now))
 	}
 	c.mu.Unlock()
 }
 
+// untilNextCheck is the time to the next ping or idle deadline; c.mu is held.
+func (c *conn) untilNextCheck(now time.Time) time.Duration {
+	idle := time.Unix(0, c.lastFrame.Load()).Add(c.srv.cfg.IdleTimeout)
+	return max(min(c.nextPing.Sub(now), idle.Sub(now)), time.Millisecond)
+}
+
 var pingFrame = newFrame(ws.OpPing, nil)
 
-// readFailed decides how a connection whose reader stopped ends.
-func (c *conn) readFailed(err error) {
+// readFailed decides how a connection whose read failed goes on, and
+// reports whether reading should continue (to receive the client's reply to
+// a close frame).
+func (c *conn) readFailed(err error) bool {
 	var ce *closeError
 	var pc *peerClosedError
-	var ne net.Error
 	switch {
 	case errors.As(err, &pc):
 		c.log().Debug("client closed", "code", int(pc.code))
-		c.queueClose(pc.code, "")
+		c.peerClosed.Store(true)
+		if !c.queueClose(pc.code, "") && c.dead.Load() {
+			c.teardown() // our close frame was out already: this was the reply
+		}
+		return false
 	case errors.As(err, &ce):
 		c.log().Info("closing: protocol violation", "code", int(ce.code), "reason", ce.reason)
 		c.close(ce.code, ce.reason)
-	case errors.As(err, &ne) && ne.Timeout() && !c.isClosing():
-		c.close(ClosePolicy, "idle timeout")
-	default:
-		if !c.isClosing() && !c.dead.Load() {
-			c.log().Debug("read ended", "err", err)
-		}
-		return
+		return false
 	}
-	select {
-	case <-c.closeSent:
-	case <-time.After(c.srv.cfg.CloseGrace):
+	if !c.dead.Load() {
+		c.log().Debug("read ended", "err", err)
 	}
-}
-
-func (c *conn) isClosing() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closing != nil
+	c.teardown()
+	return false
 }
 
 // close starts a server-initiated close with code: see queueClose.
@@ -181,9 +222,9 @@ func (c *conn) close(code ws.StatusCode, reason string) {
 	}
 }
 
-// queueClose sends a close frame with code after whatever is queued; the
-// reader then waits for the client's reply. Only the first call counts: it
-// reports whether it was the first.
+// queueClose sends a close frame with code after whatever is queued (see
+// finishClose for what follows). Only the first call counts: it reports
+// whether it was the first.
 func (c *conn) queueClose(code ws.StatusCode, reason string) bool {
 	c.mu.Lock()
 	if c.closing != nil {
@@ -194,6 +235,18 @@ func (c *conn) queueClose(code ws.StatusCode, reason string) bool {
 	c.mu.Unlock()
 	c.kick()
 	return true
+}
+
+// finishClose runs once the close frame is on the wire. If the client
+// already closed, the connection ends now; otherwise its reply is awaited
+// for CloseGrace at most.
+func (c *conn) finishClose() {
+	c.dead.Store(true)
+	if c.peerClosed.Load() {
+		c.teardown()
+		return
+	}
+	time.AfterFunc(c.srv.cfg.CloseGrace, c.teardown)
 }
 
 // closeNow sends a close frame and drops the connection at once; for a
@@ -214,13 +267,21 @@ func (c *conn) enqueue(frame []byte) {
 	c.kick()
 }
 
+// teardown frees everything the connection holds. Any path may call it,
+// any number of times; the first call does the work.
 func (c *conn) teardown() {
+	if c.gone.Swap(true) {
+		return
+	}
 	c.dead.Store(true)
 	c.mu.Lock()
-	if c.ping != nil {
-		c.ping.Stop()
+	if c.timer != nil {
+		c.timer.Stop()
 	}
 	c.mu.Unlock()
+	if c.srv.poller != nil {
+		c.srv.poller.remove(c)
+	}
 	c.sub.Close()
 	c.nc.Close()
 	c.srv.unregister(c)

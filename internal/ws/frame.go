@@ -91,7 +91,8 @@ type frameReader struct {
 }
 
 // readMessage returns the next complete text message, answering control
-// frames on the way. Every protocol violation comes back as a *closeError.
+// frames on the way; after a control frame outside a fragmented message it
+// returns nil. Every protocol violation comes back as a *closeError.
 func (fr *frameReader) readMessage() ([]byte, error) {
 	var msg []byte
 	started, compressed := false, false
@@ -114,6 +115,9 @@ func (fr *frameReader) readMessage() ([]byte, error) {
 		if h.OpCode.IsControl() {
 			if err := fr.control(h); err != nil {
 				return nil, err
+			}
+			if !started {
+				return nil, nil // let the caller wait for more without holding a goroutine
 			}
 			continue
 		}
@@ -143,6 +147,13 @@ func (fr *frameReader) readMessage() ([]byte, error) {
 			return msg, nil
 		}
 	}
+}
+
+// buffered reports whether bytes that came with the handshake are still
+// unread (the poller cannot see them).
+func (fr *frameReader) buffered() bool {
+	sr, ok := fr.r.(*socketReader)
+	return ok && len(sr.early) > 0
 }
 
 func checkHeader(h ws.Header) error {

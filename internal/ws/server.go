@@ -35,6 +35,10 @@ type Config struct {
 	SlowConsumerStalls int
 	CloseGrace         time.Duration // wait for the client's close reply; 0 means 2s
 	Compression        bool          // WS_COMPRESSION: accept permessage-deflate offers
+	// ReaderGoroutines is WS_EVENT_LOOP=off: a reader goroutine per
+	// connection instead of the epoll poller (for comparison, and the
+	// fallback where epoll is missing).
+	ReaderGoroutines bool
 }
 
 // Errors Accept returns before it writes anything, so the caller can answer
@@ -58,6 +62,9 @@ type Server struct {
 	log  *slog.Logger
 	m    *metrics.Metrics
 	next atomic.Uint64 // connection ids
+	// poller reads idle connections without a goroutine each; nil when
+	// Config.ReaderGoroutines is set or the platform has no epoll.
+	poller *poller
 
 	mu       sync.Mutex // guards conns, count and draining
 	conns    map[*conn]struct{}
@@ -71,7 +78,16 @@ func NewServer(cfg Config, h *hub.Hub, log *slog.Logger, m *metrics.Metrics) *Se
 	if cfg.CloseGrace == 0 {
 		cfg.CloseGrace = 2 * time.Second
 	}
-	return &Server{cfg: cfg, hub: h, log: log, m: m, conns: make(map[*conn]struct{})}
+	s := &Server{cfg: cfg, hub: h, log: log, m: m, conns: make(map[*conn]struct{})}
+	if !cfg.ReaderGoroutines {
+		p, err := newPoller(log)
+		if err != nil {
+			log.Warn("no event loop: one reader goroutine per connection", "err", err)
+		} else {
+			s.poller = p
+		}
+	}
+	return s
 }
 
 // Draining reports whether Shutdown has begun.
@@ -157,9 +173,9 @@ func (s *Server) Accept(w http.ResponseWriter, r *http.Request, p Params) error 
 		return nil
 	}
 	c.log().Debug("connected", "symbols", len(p.Entries), "invalid", len(p.Invalid))
-	// A goroutine of its own, so that the HTTP server's goroutine returns
-	// and its deep stack, request and buffers are freed.
-	go c.serve(p)
+	// Accept returns at once, so that the HTTP server's goroutine ends and
+	// its deep stack, request and buffers are freed.
+	c.start(p)
 	return nil
 }
 
@@ -225,10 +241,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		s.mu.Lock()
+		conns = conns[:0]
 		for c := range s.conns {
-			c.nc.Close()
+			conns = append(conns, c)
 		}
 		s.mu.Unlock()
+		for _, c := range conns {
+			c.teardown()
+		}
 		<-done
 		return fmt.Errorf("drain connections: %w", ctx.Err())
 	}

@@ -110,22 +110,12 @@ func (c *conn) afterWrite(err error) bool {
 		c.dropSlowConsumer()
 		return false
 	default:
-		c.log().Debug("write failed", "err", err)
-		c.dead.Store(true)
-		c.nc.Close() // the reader fails and tears down
-		if c.closeQueued {
-			close(c.closeSent)
+		if !c.gone.Load() {
+			c.log().Debug("write failed", "err", err)
 		}
+		c.teardown()
 		return false
 	}
-}
-
-// finishClose runs once the close frame is on the wire: nothing more is
-// written, and the reader waits CloseGrace at most for the client's reply.
-func (c *conn) finishClose() {
-	c.dead.Store(true)
-	c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.CloseGrace))
-	close(c.closeSent)
 }
 
 // dropSlowConsumer closes a connection that has not drained for
@@ -142,10 +132,7 @@ func (c *conn) dropSlowConsumer() {
 		bufs.WriteTo(c.nc)
 	}
 	c.rest = nil
-	c.nc.Close()
-	if c.closeQueued {
-		close(c.closeSent)
-	}
+	c.teardown()
 }
 
 // collect takes what is pending, in the order it goes on the wire: the
