@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"time"
 
@@ -108,6 +109,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	feedDone := make(chan struct{})
 	go func() { sim.Run(feedCtx); close(feedDone) }()
 
+	if cfg.DebugAddr != "" {
+		if err := serveDebug(ctx, cfg.DebugAddr, log); err != nil {
+			return err
+		}
+	}
+
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- httpSrv.Serve(ln) }()
 	log.Info("listening", "addr", ln.Addr().String(), "instruments", len(instruments), "dev_auth", cfg.DevAuth())
@@ -190,4 +197,21 @@ REST:
 
 `, demoTokenTTL, token, base, token, token, base)
 	return err
+}
+
+// serveDebug serves net/http/pprof on its own listener until ctx ends.
+func serveDebug(ctx context.Context, addr string, log *slog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on DEBUG_ADDR %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	go func() { <-ctx.Done(); srv.Close() }()
+	log.Warn("profiler listening", "addr", ln.Addr().String())
+	return nil
 }

@@ -35,6 +35,7 @@ type Config struct {
 	WSCompression           bool          // WS_COMPRESSION, on: accept permessage-deflate (RFC 7692) when the client offers it
 	WSEventLoop             bool          // WS_EVENT_LOOP, on: idle connections are watched by epoll instead of a reader goroutine each
 	ShutdownTimeout         time.Duration // SHUTDOWN_TIMEOUT, 10s: how long shutdown waits for clients to close
+	DebugAddr               string        // DEBUG_ADDR, "": when set, net/http/pprof listens there (keep it on loopback)
 	LogLevel                slog.Level    // LOG_LEVEL, info: debug, info, warn or error
 	LogFormat               string        // LOG_FORMAT, "json": json or text
 }
@@ -117,6 +118,15 @@ func settings() []setting {
 		{"WS_COMPRESSION", "on", "on: accept permessage-deflate (RFC 7692) when a client offers it; off: never compress", false, onOff(func(c *Config) *bool { return &c.WSCompression })},
 		{"WS_EVENT_LOOP", "on", "on: epoll watches idle connections (Linux); off: a reader goroutine per connection", false, onOff(func(c *Config) *bool { return &c.WSEventLoop })},
 		{"SHUTDOWN_TIMEOUT", "10s", "how long shutdown waits for clients to close", false, duration(0, 0, func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
+		{"DEBUG_ADDR", "", "listen address of the net/http/pprof profiler, e.g. 127.0.0.1:6060 (empty: off)", false, func(c *Config, v string) error {
+			if v != "" {
+				if _, _, err := net.SplitHostPort(v); err != nil {
+					return errors.New("not host:port")
+				}
+			}
+			c.DebugAddr = v
+			return nil
+		}},
 		{"LOG_LEVEL", "info", "debug, info, warn or error", false, func(c *Config, v string) error {
 			return c.LogLevel.UnmarshalText([]byte(v))
 		}},
