@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"syscall"
 
@@ -94,4 +95,38 @@ func (p *poller) run() {
 		}
 		p.mu.Unlock()
 	}
+}
+
+// tryWritev writes frames with one non-blocking writev. It reports how much
+// was written and whether that was all; a full socket is not an error.
+// Connections without a file descriptor (TLS) write nothing here.
+func tryWritev(nc net.Conn, frames [][]byte) (n int64, done bool, err error) {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return 0, false, nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return 0, false, err
+	}
+	total := 0
+	for _, f := range frames {
+		total += len(f)
+	}
+	var werr error
+	err = rc.Write(func(fd uintptr) bool {
+		var k int
+		k, werr = unix.Writev(int(fd), frames)
+		n = int64(max(k, 0))
+		return true // never wait: a full socket goes to a blocking writer
+	})
+	switch {
+	case err != nil:
+		return n, false, err
+	case werr == unix.EAGAIN || werr == unix.EINTR:
+		return n, false, nil
+	case werr != nil:
+		return n, false, werr
+	}
+	return n, int(n) == total, nil
 }

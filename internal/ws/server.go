@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,7 +65,8 @@ type Server struct {
 	next atomic.Uint64 // connection ids
 	// poller reads idle connections without a goroutine each; nil when
 	// Config.ReaderGoroutines is set or the platform has no epoll.
-	poller *poller
+	poller  *poller
+	writers *writers
 
 	mu       sync.Mutex // guards conns, count and draining
 	conns    map[*conn]struct{}
@@ -78,7 +80,8 @@ func NewServer(cfg Config, h *hub.Hub, log *slog.Logger, m *metrics.Metrics) *Se
 	if cfg.CloseGrace == 0 {
 		cfg.CloseGrace = 2 * time.Second
 	}
-	s := &Server{cfg: cfg, hub: h, log: log, m: m, conns: make(map[*conn]struct{})}
+	s := &Server{cfg: cfg, hub: h, log: log, m: m, conns: make(map[*conn]struct{}),
+		writers: newWriters(max(2, runtime.GOMAXPROCS(0)), min(cfg.MaxConnections, 1<<16))}
 	if !cfg.ReaderGoroutines {
 		p, err := newPoller(log)
 		if err != nil {

@@ -14,26 +14,65 @@ import (
 	"github.com/tickstream/tickstream/internal/hub"
 )
 
-// kick makes sure a writer will look at the connection. It never blocks: it
-// starts a writer goroutine when none runs, or tells the running one to go
-// round again.
+// kick makes sure a writer will look at the connection. It never blocks:
+// it queues the connection for the writer pool when no writer has it, or
+// tells the one that has it to go round again.
 func (c *conn) kick() {
 	c.again.Store(true)
 	if c.writing.CompareAndSwap(false, true) {
-		go c.writeLoop()
+		c.srv.writers.submit(c)
 	}
 }
 
-// writeLoop sends until nothing is pending, then exits: no goroutine waits
-// on an idle connection.
-func (c *conn) writeLoop() {
+// writers is a small pool of goroutines that write for every connection.
+// They never block on a socket: a write that cannot complete at once hands
+// the connection to a goroutine of its own (writeLoop with blocking set),
+// which waits with deadlines and applies the slow-consumer policy. So one
+// stuck client never delays another, and the common case costs no
+// goroutine start and no stack growth per message.
+type writers struct{ q chan *conn }
+
+func newWriters(n, queue int) *writers {
+	w := &writers{q: make(chan *conn, queue)}
+	for range n {
+		go func() {
+			for c := range w.q {
+				c.writeLoop(false)
+			}
+		}()
+	}
+	return w
+}
+
+// submit queues c; with the queue full it starts a goroutine instead,
+// rather than block the hub.
+func (w *writers) submit(c *conn) {
+	select {
+	case w.q <- c:
+	default:
+		go c.writeLoop(false)
+	}
+}
+
+// writeLoop sends until nothing is pending, then lets the connection go:
+// no goroutine waits on an idle connection. With blocking unset (the pool)
+// a write that would block hands the connection over to a new goroutine.
+func (c *conn) writeLoop(blocking bool) {
 	for {
 		c.again.Store(false)
-		for c.flush() {
+		for {
+			more, handoff := c.flush(blocking)
+			if handoff {
+				go c.writeLoop(true) // keeps the writer role
+				return
+			}
+			if !more {
+				break
+			}
 		}
 		c.writing.Store(false)
 		// A kick between the last flush and the Store above found the
-		// writer still running; take its work over unless a new writer did.
+		// writer still busy; take its work over unless a new writer did.
 		if !c.again.Load() || !c.writing.CompareAndSwap(false, true) {
 			return
 		}
@@ -47,30 +86,45 @@ var msgPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b 
 // maxPooled keeps a rare huge snapshot from pinning its buffer in the pool.
 const maxPooled = 64 << 10
 
-// flush writes everything pending in one system call and reports whether
-// the writer should go round again.
-func (c *conn) flush() bool {
+// flush writes everything pending in one system call. It reports whether
+// the writer should go round again, and, when not blocking, whether the
+// socket was full so that the connection needs a blocking writer.
+func (c *conn) flush(blocking bool) (more, handoff bool) {
 	if c.dead.Load() {
-		return false
+		return false, false
 	}
 	if len(c.rest) > 0 {
-		// The last write hit its deadline half-way: finish that first.
-		// Meanwhile new changes wait in the subscriber's pending set.
+		if !blocking {
+			return false, true
+		}
+		// The last write stopped half-way: finish that first. Meanwhile
+		// new changes wait in the subscriber's pending set.
 		c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
 		n, err := c.nc.Write(c.rest)
 		c.rest = c.rest[n:]
 		c.srv.m.BytesSent.Add(float64(n))
-		return c.afterWrite(err)
+		return c.afterWrite(err), false
 	}
 	frames, msg, ch, closing, ok := c.collect()
 	if !ok {
-		return false
+		return false, false
 	}
-	bufs := net.Buffers(frames)
-	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
-	n, err := bufs.WriteTo(c.nc) // writev; consumes bufs
-	if err != nil && len(bufs) > 0 {
-		c.rest = slices.Concat(bufs...) // copied: msg goes back to the pool
+	var n int64
+	var err error
+	if blocking {
+		bufs := net.Buffers(frames)
+		c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+		n, err = bufs.WriteTo(c.nc) // writev; consumes bufs
+		if err != nil && len(bufs) > 0 {
+			c.rest = slices.Concat(bufs...) // copied: msg goes back to the pool
+		}
+	} else {
+		var done bool
+		n, done, err = tryWritev(c.nc, frames)
+		if !done && err == nil {
+			c.rest = unwritten(frames, n)
+			handoff = true
+		}
 	}
 	if msg != nil {
 		putBuf(msg)
@@ -84,7 +138,24 @@ func (c *conn) flush() bool {
 		m.FanoutLatency.Observe(time.Since(ch.Oldest).Seconds())
 	}
 	c.closeQueued = closing
-	return c.afterWrite(err)
+	if handoff {
+		return false, true
+	}
+	return c.afterWrite(err), false
+}
+
+// unwritten copies what is left of frames after n bytes were written.
+func unwritten(frames [][]byte, n int64) []byte {
+	var out []byte
+	for _, f := range frames {
+		if n >= int64(len(f)) {
+			n -= int64(len(f))
+			continue
+		}
+		out = append(out, f[n:]...)
+		n = 0
+	}
+	return out
 }
 
 // afterWrite applies the slow-consumer policy to a write's outcome and
