@@ -28,7 +28,7 @@ type Hub struct {
 }
 
 type topic struct {
-	mu   sync.RWMutex // guards subs and each sub's pos
+	mu   sync.RWMutex // guards subs and each sub's pos (-1: not in the topic)
 	subs []*sub
 	n    atomic.Int32 // len(subs), readable without mu
 }
@@ -81,16 +81,27 @@ func (h *Hub) Publish(updated []*quote.Entry) {
 	}
 }
 
-func (t *topic) add(sb *sub) {
+// add puts sb in the topic and counts it; a sub already in is left alone.
+func (h *Hub) add(t *topic, sb *sub) {
 	t.mu.Lock()
+	defer t.mu.Unlock()
+	if sb.pos >= 0 {
+		return
+	}
 	sb.pos = len(t.subs)
 	t.subs = append(t.subs, sb)
 	t.n.Store(int32(len(t.subs)))
-	t.mu.Unlock()
+	h.subscriptions.Add(1)
 }
 
-func (t *topic) remove(sb *sub) {
+// remove takes sb out of the topic; a sub not in it is left alone, so
+// Close and Unsubscribe may race.
+func (h *Hub) remove(t *topic, sb *sub) {
 	t.mu.Lock()
+	defer t.mu.Unlock()
+	if sb.pos < 0 {
+		return
+	}
 	last := len(t.subs) - 1
 	moved := t.subs[last]
 	t.subs[sb.pos] = moved
@@ -99,8 +110,8 @@ func (t *topic) remove(sb *sub) {
 	t.subs = t.subs[:last]
 	sb.pos = -1
 	t.n.Store(int32(len(t.subs)))
+	h.subscriptions.Add(-1)
 	if cap(t.subs) > 64 && len(t.subs) < cap(t.subs)/4 {
 		t.subs = append([]*sub(nil), t.subs...) // give back memory after a crowd leaves
 	}
-	t.mu.Unlock()
 }

@@ -3,6 +3,7 @@ package hub_test
 import (
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -224,4 +225,32 @@ func BenchmarkFanout10k(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(subs)*5), "ns/update")
+}
+
+// TestCloseRacesSubscribe: a connection torn down (by its writer or timer)
+// while its reader subscribes leaves nothing behind in the hub.
+func TestCloseRacesSubscribe(t *testing.T) {
+	h, es := newHub(t, 50)
+	for i := 0; i < 2000; i++ {
+		s := h.NewSubscriber(func() {})
+		started, done := make(chan struct{}), make(chan struct{})
+		go func() {
+			close(started)
+			s.Subscribe(es)
+			s.Unsubscribe(es[:3])
+			close(done)
+		}()
+		<-started
+		for range i % 50 {
+			runtime.Gosched()
+		}
+		s.Close()
+		<-done
+	}
+	if got := h.Subscriptions(); got != 0 {
+		t.Errorf("subscriptions after every subscriber closed: got %d, want 0", got)
+	}
+	if got := len(h.Active(nil)); got != 0 {
+		t.Errorf("active symbols: got %d, want 0", got)
+	}
 }

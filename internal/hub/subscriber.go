@@ -71,8 +71,8 @@ func (s *Subscriber) Symbols() []string {
 
 // Subscribe adds entries to the subscription. The next AppendChanges adds
 // each new symbol's current quote to the client's document. It returns how
-// many entries were new. Subscribe, Unsubscribe and Close are called by one
-// goroutine at a time (the connection's reader).
+// many entries were new. Subscribe and Unsubscribe are called by one
+// goroutine at a time (the connection's reader); Close may run at any time.
 func (s *Subscriber) Subscribe(entries []*quote.Entry) int {
 	added := 0
 	for _, e := range entries {
@@ -95,8 +95,12 @@ func (s *Subscriber) Subscribe(entries []*quote.Entry) int {
 		s.mu.Unlock()
 		// Join the topic before marking: a tick published after this
 		// point marks sb itself, and the mark below covers the ones before.
-		s.hub.topics[e.Index].add(sb)
-		s.hub.subscriptions.Add(1)
+		t := &s.hub.topics[e.Index]
+		s.hub.add(t, sb)
+		if s.isClosed() {
+			s.hub.remove(t, sb) // Close ran meanwhile and may have missed sb
+			return added
+		}
 		added++
 		if s.mark(sb) {
 			s.wake()
@@ -119,8 +123,7 @@ func (s *Subscriber) Unsubscribe(entries []*quote.Entry) int {
 		sb.want = false
 		s.want--
 		s.mu.Unlock()
-		s.hub.topics[e.Index].remove(sb)
-		s.hub.subscriptions.Add(-1)
+		s.hub.remove(&s.hub.topics[e.Index], sb)
 		removed++
 		if s.mark(sb) {
 			s.wake()
@@ -130,7 +133,7 @@ func (s *Subscriber) Unsubscribe(entries []*quote.Entry) int {
 }
 
 // Close leaves every topic. Later marks and subscribes are ignored. It is
-// safe to call twice.
+// safe to call twice, and concurrently with Subscribe and Unsubscribe.
 func (s *Subscriber) Close() {
 	s.mu.Lock()
 	if s.closed {
@@ -147,9 +150,14 @@ func (s *Subscriber) Close() {
 	s.subs, s.dirty, s.want = nil, nil, 0
 	s.mu.Unlock()
 	for _, sb := range leave {
-		s.hub.topics[sb.entry.Index].remove(sb)
+		s.hub.remove(&s.hub.topics[sb.entry.Index], sb)
 	}
-	s.hub.subscriptions.Add(-int64(len(leave)))
+}
+
+func (s *Subscriber) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
 }
 
 // mark puts sb in the pending set and reports whether the set was empty.
