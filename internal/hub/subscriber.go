@@ -172,13 +172,6 @@ func (s *Subscriber) mark(sb *sub) bool {
 	return len(s.dirty) == 1
 }
 
-// Pending reports whether AppendChanges would look at any symbol.
-func (s *Subscriber) Pending() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.dirty) > 0
-}
-
 // AppendChanges appends to b, comma-separated, the JSON Patch operations
 // that bring the client's document up to date for every pending symbol:
 // add for a new symbol, remove for a dropped one, the shared Patch of the

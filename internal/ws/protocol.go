@@ -55,8 +55,6 @@ type protocolError struct {
 
 func (e *protocolError) Error() string { return e.code + ": " + e.message }
 
-var errNoType = errors.New(`"type" is missing`)
-
 // decodeClientMessage parses one text message. The id, when present, must be
 // a string or a number of at most 64 bytes so that echoing it back is safe.
 func decodeClientMessage(data []byte) (clientMessage, error) {
@@ -73,7 +71,7 @@ func decodeClientMessage(data []byte) (clientMessage, error) {
 		return m, &protocolError{code: CodeBadRequest, message: fmt.Sprintf("id must be a string or number of at most 64 bytes, got %d bytes", len(id))}
 	}
 	if m.Type == "" {
-		return m, &protocolError{id: m.ID, code: CodeBadRequest, message: errNoType.Error()}
+		return m, &protocolError{id: m.ID, code: CodeBadRequest, message: `"type" is missing`}
 	}
 	return m, nil
 }

@@ -100,13 +100,6 @@ func (s *Server) Draining() bool {
 	return s.draining
 }
 
-// Len returns the number of open connections.
-func (s *Server) Len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.conns)
-}
-
 // Idle returns the number of open connections subscribed to no symbol.
 func (s *Server) Idle() int {
 	s.mu.Lock()
