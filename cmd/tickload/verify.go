@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// Final check timing: how long connections may take to catch up with the
+// REST answers, and the pause between rounds.
+const (
+	catchUpTime = 5 * time.Second
+	checkPause  = 20 * time.Millisecond
+)
+
+// historyLen is how many distinct versions of each quote the check keeps
+// from successive REST answers. A connection lags the REST API by its
+// delivery latency, so the version it holds is often one REST has already
+// moved past; the history lets it match that version instead of chasing
+// the latest one while prices keep moving.
+const historyLen = 32
+
+// verdict is the outcome of the final check.
+type verdict struct {
+	verified   int      // connections whose every quote matched REST
+	mismatches int      // connections that differed or never caught up
+	unverified int      // connections that closed during the check
+	details    []string // the first few mismatches, explained
+	err        error    // REST failed: the connections left were not checked
+}
+
+// maxDetails is how many mismatches are explained on stderr.
+const maxDetails = 5
+
+// checking is one open, non-slow connection under check: the indexes of
+// its symbols not matched yet.
+type checking struct {
+	s    *slot
+	left []int
+}
+
+// verify compares the document of every open, non-slow connection with
+// /v1/quotes. A quote matches when REST served, at some round, a version
+// with the same last_updated and equal fields. The readers keep running,
+// so a connection that lags catches up; one that has not matched every
+// symbol after catchUp (catchUpTime in a run), or holds other symbols than
+// it asked for, is a mismatch.
+func (l *loader) verify(ctx context.Context, rest *restClient, catchUp time.Duration) verdict {
+	var v verdict
+	var pending []*checking
+	for _, s := range l.slots {
+		s.mu.Lock()
+		open := s.ws != nil && !s.byUs
+		s.mu.Unlock()
+		if open && !s.slow {
+			left := make([]int, len(s.symbols))
+			for i := range left {
+				left[i] = i
+			}
+			pending = append(pending, &checking{s: s, left: left})
+		}
+	}
+	history := map[string][]*quoteDoc{}
+	deadline := time.Now().Add(catchUp)
+	for len(pending) > 0 {
+		got, err := rest.quotes(ctx, symbolsOf(pending))
+		if err != nil {
+			v.err = err
+			v.unverified += len(pending)
+			return v
+		}
+		for sym, q := range got {
+			h := history[sym]
+			if len(h) == 0 || !h[len(h)-1].equal(q) {
+				if len(h) == historyLen {
+					h = slices.Delete(h, 0, 1)
+				}
+				history[sym] = append(h, q)
+			}
+		}
+		keep := pending[:0]
+		for _, c := range pending {
+			switch c.check(history) {
+			case checkGone:
+				v.unverified++
+			case checkDone:
+				v.verified++
+			default:
+				keep = append(keep, c)
+			}
+		}
+		pending = keep
+		if len(pending) == 0 || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(checkPause)
+	}
+	for _, c := range pending {
+		v.mismatches++
+		if len(v.details) < maxDetails {
+			v.details = append(v.details, c.explain(history, catchUp))
+		}
+	}
+	return v
+}
+
+// symbolsOf returns the symbols still to match, each once.
+func symbolsOf(pending []*checking) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, c := range pending {
+		for _, i := range c.left {
+			if sym := c.s.symbols[i]; !seen[sym] {
+				seen[sym] = true
+				out = append(out, sym)
+			}
+		}
+	}
+	return out
+}
+
+type checkResult int
+
+const (
+	checkPending checkResult = iota
+	checkDone
+	checkGone // the connection closed: nothing to compare
+)
+
+// check matches what it can of the connection's document against the
+// history.
+func (c *checking) check(history map[string][]*quoteDoc) checkResult {
+	s := c.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.ws == nil || s.byUs:
+		return checkGone
+	case !s.snapshot || !c.sameSymbols():
+		return checkPending
+	}
+	keep := c.left[:0]
+	for _, i := range c.left {
+		q := s.doc.quotes[s.symbols[i]]
+		if !slices.ContainsFunc(history[s.symbols[i]], q.equal) {
+			keep = append(keep, i)
+		}
+	}
+	c.left = keep
+	if len(c.left) == 0 {
+		return checkDone
+	}
+	return checkPending
+}
+
+// sameSymbols reports whether the document holds exactly the symbols the
+// connection asked for; s.mu is held.
+func (c *checking) sameSymbols() bool {
+	d := c.s.doc.quotes
+	if len(d) != len(c.s.symbols) {
+		return false
+	}
+	for _, sym := range c.s.symbols {
+		if d[sym] == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// explain says why a connection did not match.
+func (c *checking) explain(history map[string][]*quoteDoc, catchUp time.Duration) string {
+	s := c.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	prefix := fmt.Sprintf("conn %d (symbols %v)", s.id, s.symbols)
+	switch {
+	case !s.snapshot:
+		return prefix + ": no snapshot received"
+	case !c.sameSymbols():
+		held := make([]string, 0, len(s.doc.quotes))
+		for sym := range s.doc.quotes {
+			held = append(held, sym)
+		}
+		slices.Sort(held)
+		return fmt.Sprintf("%s: document holds symbols %v", prefix, held)
+	}
+	sym := s.symbols[c.left[0]]
+	q := s.doc.quotes[sym]
+	h := history[sym]
+	if len(h) == 0 {
+		return fmt.Sprintf("%s: %s: REST did not return it", prefix, sym)
+	}
+	for _, r := range slices.Backward(h) {
+		if r.LastUpdated == q.LastUpdated {
+			return fmt.Sprintf("%s: %s at last_updated %s: %s", prefix, sym, q.LastUpdated, q.diff(r))
+		}
+	}
+	latest := h[len(h)-1].LastUpdated
+	if q.LastUpdated < latest {
+		return fmt.Sprintf("%s: %s never caught up in %v: last_updated %s, REST %s", prefix, sym, catchUp, q.LastUpdated, latest)
+	}
+	return fmt.Sprintf("%s: %s has last_updated %s, which REST never served (latest %s)", prefix, sym, q.LastUpdated, latest)
+}
