@@ -155,7 +155,6 @@ func (e *env) measure(ctx context.Context, name string, vars map[string]string, 
 			r.Derived["wire_vs_whole_quote"] = v / base
 		}
 	}
-	fmt.Fprintln(e.log, r.Summary())
 	return r, nil
 }
 
