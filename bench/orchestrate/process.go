@@ -95,7 +95,7 @@ func (e *env) startServer(ctx context.Context, vars map[string]string) (*server,
 	}
 	s := &server{addr: addr, clkTck: e.clkTck, stop: make(chan struct{}), done: make(chan struct{})}
 	for k, v := range kv {
-		if k != "JWT_SECRET" {
+		if k != "JWT_SECRET" && k != "HTTP_ADDR" {
 			s.env = append(s.env, k+"="+v)
 		}
 	}

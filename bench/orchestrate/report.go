@@ -86,7 +86,8 @@ func updateDoc(path string, rs []Result) error {
 		c, d := r.Client, r.Derived
 		note := ""
 		if r.Server.GoroutinesPost > 0 {
-			note = fmt.Sprintf("goroutines %.0f → %.0f, RSS %.1f → %.1f MB", r.Server.GoroutinesPre, r.Server.GoroutinesPost, r.Server.RSSPreMB, r.Server.RSSPostMB)
+			note = fmt.Sprintf("before → 20 s after: goroutines %.0f → %.0f, heap in use %.1f → %.1f MB, RSS %.1f → %.1f MB",
+				r.Server.GoroutinesPre, r.Server.GoroutinesPost, r.Server.HeapPreMB, r.Server.HeapPostMB, r.Server.RSSPreMB, r.Server.RSSPostMB)
 		}
 		if r.Server.SlowCloses > 0 || r.Server.Conflated > 0 {
 			note = strings.TrimPrefix(note+fmt.Sprintf("; conflated %.0f, 4008 closes %.0f", r.Server.Conflated, r.Server.SlowCloses), "; ")

@@ -33,6 +33,8 @@ type ServerStats struct {
 	GoroutinesPost float64 `json:"goroutines_after,omitempty"`
 	RSSPreMB       float64 `json:"rss_before_mb,omitempty"`
 	RSSPostMB      float64 `json:"rss_after_mb,omitempty"`
+	HeapPreMB      float64 `json:"heap_inuse_before_mb,omitempty"`
+	HeapPostMB     float64 `json:"heap_inuse_after_mb,omitempty"`
 }
 
 func (r Result) Summary() string {
@@ -60,7 +62,7 @@ var scenarios = map[string]scenario{
 		var out []Result
 		for _, comp := range []string{"off", "on"} {
 			args := []string{"-conns", "10000", "-rate", "2000", "-symbols-per-conn", "5", "-symbols-pool", "50",
-				"-duration", "60s", "-source-ips", "127.0.0.1-127.0.0.4"}
+				"-duration", "60s", "-check-wait", "20s", "-source-ips", "127.0.0.1-127.0.0.4"}
 			if comp == "on" {
 				args = append(args, "-compress")
 			}
@@ -75,13 +77,13 @@ var scenarios = map[string]scenario{
 	"slow": func(ctx context.Context, e *env) ([]Result, error) {
 		r, err := e.measure(ctx, "slow", fanoutEnv("100ms", "off"), false,
 			"-conns", "10000", "-rate", "2000", "-symbols-per-conn", "5", "-symbols-pool", "50",
-			"-duration", "60s", "-slow", "100", "-source-ips", "127.0.0.1-127.0.0.4")
+			"-duration", "60s", "-check-wait", "20s", "-slow", "100", "-source-ips", "127.0.0.1-127.0.0.4")
 		return []Result{r}, err
 	},
 	"churn": func(ctx context.Context, e *env) ([]Result, error) {
 		r, err := e.measure(ctx, "churn", fanoutEnv("100ms", "off"), true,
 			"-conns", "5000", "-rate", "2000", "-symbols-per-conn", "5", "-symbols-pool", "50",
-			"-duration", "60s", "-churn", "1000", "-source-ips", "127.0.0.1-127.0.0.8")
+			"-duration", "60s", "-check-wait", "20s", "-churn", "1000", "-source-ips", "127.0.0.1-127.0.0.8")
 		return []Result{r}, err
 	},
 	"knee": knee,
@@ -93,13 +95,17 @@ func fanoutEnv(interval, compression string) map[string]string {
 	}
 }
 
-// knee raises the tick rate until p99 passes 100 ms.
+// knee raises the tick rate until p99 passes 100 ms; the last step under
+// it is the highest sustainable rate. It runs 2,000 connections: at 10,000
+// every tick is a burst of 10,000 messages, which one core on each side
+// needs more than 100 ms to write and to read, whatever the tick rate
+// (see the fanout rows).
 func knee(ctx context.Context, e *env) ([]Result, error) {
 	var out []Result
-	for _, iv := range []string{"100ms", "50ms", "25ms", "15ms", "10ms"} {
-		r, err := e.measure(ctx, "knee-"+iv, fanoutEnv(iv, "off"), false,
-			"-conns", "10000", "-rate", "2000", "-symbols-per-conn", "5", "-symbols-pool", "50",
-			"-duration", "20s", "-source-ips", "127.0.0.1-127.0.0.4")
+	for _, iv := range []string{"500ms", "250ms", "100ms", "50ms", "25ms", "10ms"} {
+		r, err := e.measure(ctx, "knee-2000conns-"+iv, fanoutEnv(iv, "off"), false,
+			"-conns", "2000", "-rate", "2000", "-symbols-per-conn", "5", "-symbols-pool", "50",
+			"-duration", "20s", "-check-wait", "20s", "-source-ips", "127.0.0.1-127.0.0.4")
 		if err != nil {
 			return out, err
 		}
@@ -124,6 +130,7 @@ func (e *env) measure(ctx context.Context, name string, vars map[string]string, 
 	if probe {
 		time.Sleep(time.Second)
 		r.Server.GoroutinesPre = s.metric("go_goroutines")
+		r.Server.HeapPreMB = s.metric("go_memstats_heap_inuse_bytes") / (1 << 20)
 		rss, _ := s.rss()
 		r.Server.RSSPreMB = mb(rss)
 	}
@@ -140,8 +147,11 @@ func (e *env) measure(ctx context.Context, name string, vars map[string]string, 
 	r.Server.SlowCloses = s.metric("tickstream_slow_consumer_closes_total")
 	r.Server.BytesSent = s.metric("tickstream_bytes_sent_total")
 	if probe {
-		time.Sleep(5 * time.Second) // the load has closed its connections
+		// The load has closed its connections; give the garbage collector
+		// and the scavenger time to return what they held.
+		time.Sleep(20 * time.Second)
 		r.Server.GoroutinesPost = s.metric("go_goroutines")
+		r.Server.HeapPostMB = s.metric("go_memstats_heap_inuse_bytes") / (1 << 20)
 		rss, _ := s.rss()
 		r.Server.RSSPostMB = mb(rss)
 	}

@@ -31,6 +31,7 @@ type config struct {
 	json           bool          // -json: the last line of stdout is the summary as JSON
 	reconnect      bool          // -reconnect: reopen connections the server closed
 	timeout        time.Duration // -timeout, 10s: handshake (and REST request) timeout
+	checkWait      time.Duration // -check-wait, 5s: how long the final check lets lagging connections catch up
 }
 
 // usageError is a bad command line; main exits 2 on it. The message names
@@ -69,6 +70,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.BoolVar(&c.json, "json", false, "print the summary as one JSON object, the last line of stdout")
 	fs.BoolVar(&c.reconnect, "reconnect", false, "reopen connections the server closes, with backoff 100ms..2s")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "handshake timeout")
+	fs.DurationVar(&c.checkWait, "check-wait", catchUpTime, "how long the final check lets lagging connections catch up with /v1/quotes (raise it when the run overloads the server or tickload)")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -114,6 +116,8 @@ func (c config) validate() error {
 		return badFlag("churn", "must not be negative, got %v", c.churn)
 	case c.churn > 0 && c.slow == c.conns:
 		return badFlag("churn", "needs connections that are not -slow")
+	case c.checkWait <= 0:
+		return badFlag("check-wait", "must be above 0, got %v", c.checkWait)
 	case c.timeout <= 0:
 		return badFlag("timeout", "must be above 0, got %v", c.timeout)
 	}

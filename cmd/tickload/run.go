@@ -71,9 +71,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	l.stopDials()
 
 	// The check runs even after SIGINT: it is what makes a run's numbers
-	// trustworthy, and it is bounded by catchUpTime.
-	checkCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), catchUpTime+2*cfg.timeout)
-	v := l.verify(checkCtx, rest, catchUpTime)
+	// trustworthy, and it is bounded by -check-wait.
+	checkCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.checkWait+2*cfg.timeout)
+	v := l.verify(checkCtx, rest, cfg.checkWait)
 	cancel()
 	l.closeAll()
 

@@ -8,7 +8,7 @@ import (
 )
 
 // Final check timing: how long connections may take to catch up with the
-// REST answers, and the pause between rounds.
+// REST answers by default (-check-wait), and the pause between rounds.
 const (
 	catchUpTime = 5 * time.Second
 	checkPause  = 20 * time.Millisecond
@@ -38,7 +38,15 @@ const maxDetails = 5
 type checking struct {
 	s    *slot
 	left []int
+	// claims holds, per symbol index, versions the document held while
+	// they were newer than anything REST had answered: under load REST
+	// answers can lag the stream, and the document moves on before REST
+	// serves the version it held. A claim matches later, when REST serves
+	// it. At most maxClaims per symbol.
+	claims map[int][]quoteDoc
 }
+
+const maxClaims = 16
 
 // verify compares the document of every open, non-slow connection with
 // /v1/quotes. A quote matches when REST served, at some round, a version
@@ -142,9 +150,14 @@ func (c *checking) check(history map[string][]*quoteDoc) checkResult {
 	}
 	keep := c.left[:0]
 	for _, i := range c.left {
+		h := history[s.symbols[i]]
 		q := s.doc.quotes[s.symbols[i]]
-		if !slices.ContainsFunc(history[s.symbols[i]], q.equal) {
-			keep = append(keep, i)
+		if slices.ContainsFunc(h, q.equal) || c.claimServed(i, h) {
+			continue
+		}
+		keep = append(keep, i)
+		if len(h) > 0 && q.LastUpdated > h[len(h)-1].LastUpdated {
+			c.claim(i, *q)
 		}
 	}
 	c.left = keep
@@ -152,6 +165,31 @@ func (c *checking) check(history map[string][]*quoteDoc) checkResult {
 		return checkDone
 	}
 	return checkPending
+}
+
+// claimServed reports whether REST has served one of the versions the
+// document held for symbol index i.
+func (c *checking) claimServed(i int, h []*quoteDoc) bool {
+	for _, q := range c.claims[i] {
+		if slices.ContainsFunc(h, q.equal) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *checking) claim(i int, q quoteDoc) {
+	if c.claims == nil {
+		c.claims = map[int][]quoteDoc{}
+	}
+	cl := c.claims[i]
+	if len(cl) > 0 && cl[len(cl)-1].equal(&q) {
+		return
+	}
+	if len(cl) == maxClaims {
+		cl = slices.Delete(cl, 0, 1)
+	}
+	c.claims[i] = append(cl, q)
 }
 
 // sameSymbols reports whether the document holds exactly the symbols the

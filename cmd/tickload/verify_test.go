@@ -156,3 +156,38 @@ func TestVerifyOlderVersion(t *testing.T) {
 		t.Errorf("got %d verified, %d mismatches, want 1, 0: %v", v.verified, v.mismatches, v.details)
 	}
 }
+
+// TestVerifyRESTLagsStream: under load REST can answer older versions than
+// the stream already delivered. A document that moves on before REST serves
+// the version it held still matches once REST serves that version, and a
+// version REST serves with other fields is still a mismatch.
+func TestVerifyRESTLagsStream(t *testing.T) {
+	const t1, t2, t3 = "2025-01-02T03:04:05.000Z", "2025-01-02T03:04:06.000Z", "2025-01-02T03:04:07.000Z"
+	var mu sync.Mutex
+	served := quote("A", 101, t1) // REST is one version behind at first
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		json.NewEncoder(w).Encode(map[string]any{"quotes": map[string]*quoteDoc{"A": served}})
+	}))
+	t.Cleanup(srv.Close)
+	rest := &restClient{base: srv.URL, token: "tok", client: srv.Client()}
+	good := openSlot(0, []string{"A"}, quote("A", 102, t2))
+	bad := openSlot(1, []string{"A"}, quote("A", 555, t2)) // differs from what REST will serve at t2
+	l := &loader{slots: []*slot{good, bad}}
+	go func() {
+		time.Sleep(60 * time.Millisecond)
+		for _, s := range []*slot{good, bad} { // the stream moves on before REST serves t2
+			s.mu.Lock()
+			s.doc.quotes["A"] = quote("A", 103, t3)
+			s.mu.Unlock()
+		}
+		mu.Lock()
+		served = quote("A", 102, t2)
+		mu.Unlock()
+	}()
+	v := l.verify(context.Background(), rest, 400*time.Millisecond)
+	if v.verified != 1 || v.mismatches != 1 {
+		t.Errorf("got %d verified, %d mismatches, want 1 and 1: %v", v.verified, v.mismatches, v.details)
+	}
+}
