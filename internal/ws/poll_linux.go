@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 
@@ -121,6 +122,8 @@ func tryWritev(nc net.Conn, frames [][]byte) (n int64, done bool, err error) {
 		return true // never wait: a full socket goes to a blocking writer
 	})
 	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return n, false, nil // nothing was tried: the blocking writer takes over
 	case err != nil:
 		return n, false, err
 	case werr == unix.EAGAIN || werr == unix.EINTR:

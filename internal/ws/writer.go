@@ -70,6 +70,12 @@ func (c *conn) writeLoop(blocking bool) {
 				break
 			}
 		}
+		if blocking {
+			// The non-blocking writer must not meet this writer's
+			// deadline: an expired one fails a write before it starts.
+			c.nc.SetWriteDeadline(time.Time{})
+			blocking = false
+		}
 		c.writing.Store(false)
 		// A kick between the last flush and the Store above found the
 		// writer still busy; take its work over unless a new writer did.
