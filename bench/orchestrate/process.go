@@ -229,18 +229,19 @@ func (s *server) shutdown() {
 
 // LoadResult is tickload's -json line.
 type LoadResult struct {
-	Connected   int     `json:"connected"`
-	Failed      int     `json:"failed"`
-	Messages    int64   `json:"messages"`
-	Updates     int64   `json:"updates"`
-	Bytes       int64   `json:"bytes"`
-	WireBytes   int64   `json:"wire_bytes"`
-	Mismatches  int     `json:"mismatches"`
-	Errors      int     `json:"errors"`
-	Reconnects  int     `json:"reconnects"`
-	DurationS   float64 `json:"duration_s"`
-	UpdatesPerS float64 `json:"updates_per_s"`
-	LatencyMS   struct {
+	Connected    int     `json:"connected"`
+	Failed       int     `json:"failed"`
+	Messages     int64   `json:"messages"`
+	Updates      int64   `json:"updates"`
+	Bytes        int64   `json:"bytes"`
+	WireBytes    int64   `json:"wire_bytes"`
+	Mismatches   int     `json:"mismatches"`
+	Inconclusive int     `json:"inconclusive"`
+	Errors       int     `json:"errors"`
+	Reconnects   int     `json:"reconnects"`
+	DurationS    float64 `json:"duration_s"`
+	UpdatesPerS  float64 `json:"updates_per_s"`
+	LatencyMS    struct {
 		P50, P95, P99, Max float64
 	} `json:"latency_ms"`
 	ConnectMS struct {

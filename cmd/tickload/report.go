@@ -31,6 +31,7 @@ type summary struct {
 	Mismatches     int              `json:"mismatches"`       // connections whose document differed from REST
 	Verified       int              `json:"verified"`         // connections whose document matched REST
 	Unverified     int              `json:"unverified"`       // open connections that closed during the check
+	Inconclusive   int              `json:"inconclusive"`     // matched no REST answer, contradicted by none: REST sampled too sparsely
 	Errors         int64            `json:"errors"`           // protocol errors and seq gaps
 	Closes         map[string]int64 `json:"closes"`           // server-initiated closes by code (1006: no close frame)
 	Reconnects     int64            `json:"reconnects"`       // connections reopened after the server closed them
@@ -72,7 +73,7 @@ func writeText(w io.Writer, s summary) error {
 	if s.NegLatency > 0 {
 		fmt.Fprintf(&b, "               %d updates stamped after they arrived: the clocks differ\n", s.NegLatency)
 	}
-	fmt.Fprintf(&b, "  check        %d verified  %d mismatches  %d closed during the check\n", s.Verified, s.Mismatches, s.Unverified)
+	fmt.Fprintf(&b, "  check        %d verified  %d mismatches  %d inconclusive  %d closed during the check\n", s.Verified, s.Mismatches, s.Inconclusive, s.Unverified)
 	if s.CheckError != "" {
 		fmt.Fprintf(&b, "               stopped: %s\n", s.CheckError)
 	}

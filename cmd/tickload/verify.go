@@ -4,30 +4,79 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 )
 
 // Final check timing: how long connections may take to catch up with the
-// REST answers by default (-check-wait), and the pause between rounds.
+// REST answers by default (-check-wait), the pause between rounds of
+// comparison, and between REST requests.
 const (
 	catchUpTime = 5 * time.Second
 	checkPause  = 20 * time.Millisecond
+	restPause   = 5 * time.Millisecond
 )
 
 // historyLen is how many distinct versions of each quote the check keeps
 // from successive REST answers. A connection lags the REST API by its
 // delivery latency, so the version it holds is often one REST has already
 // moved past; the history lets it match that version instead of chasing
-// the latest one while prices keep moving.
-const historyLen = 32
+// the latest one while prices keep moving. 512 versions are 51 s of
+// 100 ms ticks.
+const historyLen = 512
+
+// recorder polls /v1/quotes as often as it can while the check runs and
+// keeps every distinct version it sees. It runs apart from the comparison
+// rounds: a version must be sampled by REST to be matched, and rounds over
+// thousands of connections are too slow to sample every tick of a loaded
+// server.
+type recorder struct {
+	rest    *restClient
+	symbols []string
+
+	mu      sync.Mutex // guards history and err
+	history map[string][]*quoteDoc
+	err     error
+}
+
+func (r *recorder) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		got, err := r.rest.quotes(ctx, r.symbols)
+		r.mu.Lock()
+		if err != nil {
+			if ctx.Err() == nil {
+				r.err = err
+			}
+			r.mu.Unlock()
+			return
+		}
+		for sym, q := range got {
+			h := r.history[sym]
+			if len(h) == 0 || !h[len(h)-1].equal(q) {
+				if len(h) == historyLen {
+					h = slices.Delete(h, 0, 1)
+				}
+				r.history[sym] = append(h, q)
+			}
+		}
+		r.mu.Unlock()
+		select {
+		case <-ctx.Done():
+		case <-time.After(restPause):
+		}
+	}
+}
 
 // verdict is the outcome of the final check.
 type verdict struct {
-	verified   int      // connections whose every quote matched REST
-	mismatches int      // connections that differed or never caught up
-	unverified int      // connections that closed during the check
-	details    []string // the first few mismatches, explained
-	err        error    // REST failed: the connections left were not checked
+	verified   int // connections whose every quote matched REST
+	mismatches int // connections that differed or never caught up
+	// inconclusive connections matched no REST answer, but no REST answer
+	// contradicts them either (see checking.inconclusive).
+	inconclusive int
+	unverified   int      // connections that closed during the check
+	details      []string // the first few mismatches, explained
+	err          error    // REST failed: the connections left were not checked
 }
 
 // maxDetails is how many mismatches are explained on stderr.
@@ -69,23 +118,22 @@ func (l *loader) verify(ctx context.Context, rest *restClient, catchUp time.Dura
 			pending = append(pending, &checking{s: s, left: left})
 		}
 	}
-	history := map[string][]*quoteDoc{}
+	rec := &recorder{rest: rest, symbols: symbolsOf(pending), history: map[string][]*quoteDoc{}}
+	recCtx, stopRec := context.WithCancel(ctx)
+	recDone := make(chan struct{})
+	go func() { rec.run(recCtx); close(recDone) }()
+	defer func() { stopRec(); <-recDone }()
 	deadline := time.Now().Add(catchUp)
+	var history map[string][]*quoteDoc
 	for len(pending) > 0 {
-		got, err := rest.quotes(ctx, symbolsOf(pending))
+		time.Sleep(checkPause)
+		rec.mu.Lock()
+		history, err := rec.history, rec.err
 		if err != nil {
+			rec.mu.Unlock()
 			v.err = err
 			v.unverified += len(pending)
 			return v
-		}
-		for sym, q := range got {
-			h := history[sym]
-			if len(h) == 0 || !h[len(h)-1].equal(q) {
-				if len(h) == historyLen {
-					h = slices.Delete(h, 0, 1)
-				}
-				history[sym] = append(h, q)
-			}
 		}
 		keep := pending[:0]
 		for _, c := range pending {
@@ -98,19 +146,57 @@ func (l *loader) verify(ctx context.Context, rest *restClient, catchUp time.Dura
 				keep = append(keep, c)
 			}
 		}
+		rec.mu.Unlock()
 		pending = keep
-		if len(pending) == 0 || time.Now().After(deadline) || ctx.Err() != nil {
+		if time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
-		time.Sleep(checkPause)
 	}
+	stopRec()
+	<-recDone
+	history = rec.history
 	for _, c := range pending {
+		if c.inconclusive(history) {
+			v.inconclusive++
+			continue
+		}
 		v.mismatches++
 		if len(v.details) < maxDetails {
 			v.details = append(v.details, c.explain(history, catchUp))
 		}
 	}
 	return v
+}
+
+// inconclusive reports whether a connection that did not match may still
+// be right: for every symbol left, REST never answered a version with the
+// document's last_updated (it answered older and newer ones, or only older
+// ones while it lagged the stream), so nothing contradicts the document.
+// It happens when the machine is saturated and REST answers are sampled
+// too sparsely to catch every tick. A version REST served with other
+// fields (now or in one of its claims), a document older than everything
+// REST served, or a wrong set of symbols is a mismatch.
+func (c *checking) inconclusive(history map[string][]*quoteDoc) bool {
+	s := c.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.snapshot || !c.sameSymbols() {
+		return false
+	}
+	for _, i := range c.left {
+		q, h := s.doc.quotes[s.symbols[i]], history[s.symbols[i]]
+		if len(h) == 0 || q.LastUpdated < h[0].LastUpdated {
+			return false
+		}
+		for _, held := range append([]quoteDoc{*q}, c.claims[i]...) {
+			for _, r := range h {
+				if r.LastUpdated == held.LastUpdated {
+					return false // a version it held, with other fields than REST's
+				}
+			}
+		}
+	}
+	return true
 }
 
 // symbolsOf returns the symbols still to match, each once.

@@ -191,3 +191,18 @@ func TestVerifyRESTLagsStream(t *testing.T) {
 		t.Errorf("got %d verified, %d mismatches, want 1 and 1: %v", v.verified, v.mismatches, v.details)
 	}
 }
+
+// TestVerifyInconclusive: a document ahead of every REST answer, which REST
+// never contradicts, is inconclusive, not a mismatch; one older than every
+// REST answer is a mismatch (it never caught up).
+func TestVerifyInconclusive(t *testing.T) {
+	const t1, t2, t3 = "2025-01-02T03:04:05.000Z", "2025-01-02T03:04:06.000Z", "2025-01-02T03:04:07.000Z"
+	rest := restServer(t, map[string]*quoteDoc{"A": quote("A", 102, t2)})
+	ahead := openSlot(0, []string{"A"}, quote("A", 103, t3))
+	behind := openSlot(1, []string{"A"}, quote("A", 101, t1))
+	l := &loader{slots: []*slot{ahead, behind}}
+	v := l.verify(context.Background(), rest, 150*time.Millisecond)
+	if v.inconclusive != 1 || v.mismatches != 1 || v.verified != 0 {
+		t.Errorf("got %d inconclusive, %d mismatches, %d verified, want 1, 1, 0", v.inconclusive, v.mismatches, v.verified)
+	}
+}
