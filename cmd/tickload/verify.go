@@ -162,41 +162,65 @@ func (l *loader) verify(ctx context.Context, rest *restClient, catchUp time.Dura
 		}
 		v.mismatches++
 		if len(v.details) < maxDetails {
-			v.details = append(v.details, c.explain(history, catchUp))
+			v.details = append(v.details, c.explain(history))
 		}
 	}
 	return v
 }
 
-// inconclusive reports whether a connection that did not match may still
-// be right: for every symbol left, REST never answered a version with the
-// document's last_updated (it answered older and newer ones, or only older
-// ones while it lagged the stream), so nothing contradicts the document.
-// It happens when the machine is saturated and REST answers are sampled
-// too sparsely to catch every tick. A version REST served with other
-// fields (now or in one of its claims), a document older than everything
-// REST served, or a wrong set of symbols is a mismatch.
-func (c *checking) inconclusive(history map[string][]*quoteDoc) bool {
+// contradiction says why a connection that matched no REST answer is
+// wrong, or returns "" when nothing contradicts it: for every symbol left,
+// REST never answered a version with a last_updated the document held (it
+// answered older and newer ones, or only older ones while it lagged the
+// stream). That happens when the machine is saturated and REST answers
+// sample too few of the ticks; such a connection is inconclusive. A
+// version REST served with other fields (held now or in a claim), a
+// document older than every REST answer, or a wrong set of symbols is a
+// mismatch. s.mu is held.
+func (c *checking) contradiction(history map[string][]*quoteDoc) string {
 	s := c.s
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.snapshot || !c.sameSymbols() {
-		return false
+	switch {
+	case !s.snapshot:
+		return "no snapshot received"
+	case !c.sameSymbols():
+		held := make([]string, 0, len(s.doc.quotes))
+		for sym := range s.doc.quotes {
+			held = append(held, sym)
+		}
+		slices.Sort(held)
+		return fmt.Sprintf("document holds symbols %v", held)
 	}
 	for _, i := range c.left {
-		q, h := s.doc.quotes[s.symbols[i]], history[s.symbols[i]]
-		if len(h) == 0 || q.LastUpdated < h[0].LastUpdated {
-			return false
+		sym := s.symbols[i]
+		q, h := s.doc.quotes[sym], history[sym]
+		if len(h) == 0 {
+			return sym + ": REST did not return it"
+		}
+		if q.LastUpdated < h[0].LastUpdated {
+			return fmt.Sprintf("%s never caught up: last_updated %s, REST answered %s to %s", sym, q.LastUpdated, h[0].LastUpdated, h[len(h)-1].LastUpdated)
 		}
 		for _, held := range append([]quoteDoc{*q}, c.claims[i]...) {
 			for _, r := range h {
 				if r.LastUpdated == held.LastUpdated {
-					return false // a version it held, with other fields than REST's
+					return fmt.Sprintf("%s at last_updated %s: %s", sym, held.LastUpdated, held.diff(r))
 				}
 			}
 		}
 	}
-	return true
+	return ""
+}
+
+func (c *checking) inconclusive(history map[string][]*quoteDoc) bool {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	return c.contradiction(history) == ""
+}
+
+// explain says why a connection did not match.
+func (c *checking) explain(history map[string][]*quoteDoc) string {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	return fmt.Sprintf("conn %d (symbols %v): %s", c.s.id, c.s.symbols, c.contradiction(history))
 }
 
 // symbolsOf returns the symbols still to match, each once.
@@ -291,39 +315,4 @@ func (c *checking) sameSymbols() bool {
 		}
 	}
 	return true
-}
-
-// explain says why a connection did not match.
-func (c *checking) explain(history map[string][]*quoteDoc, catchUp time.Duration) string {
-	s := c.s
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	prefix := fmt.Sprintf("conn %d (symbols %v)", s.id, s.symbols)
-	switch {
-	case !s.snapshot:
-		return prefix + ": no snapshot received"
-	case !c.sameSymbols():
-		held := make([]string, 0, len(s.doc.quotes))
-		for sym := range s.doc.quotes {
-			held = append(held, sym)
-		}
-		slices.Sort(held)
-		return fmt.Sprintf("%s: document holds symbols %v", prefix, held)
-	}
-	sym := s.symbols[c.left[0]]
-	q := s.doc.quotes[sym]
-	h := history[sym]
-	if len(h) == 0 {
-		return fmt.Sprintf("%s: %s: REST did not return it", prefix, sym)
-	}
-	for _, r := range slices.Backward(h) {
-		if r.LastUpdated == q.LastUpdated {
-			return fmt.Sprintf("%s: %s at last_updated %s: %s", prefix, sym, q.LastUpdated, q.diff(r))
-		}
-	}
-	latest := h[len(h)-1].LastUpdated
-	if q.LastUpdated < latest {
-		return fmt.Sprintf("%s: %s never caught up in %v: last_updated %s, REST %s", prefix, sym, catchUp, q.LastUpdated, latest)
-	}
-	return fmt.Sprintf("%s: %s has last_updated %s, which REST never served (latest %s)", prefix, sym, q.LastUpdated, latest)
 }

@@ -82,7 +82,7 @@ func TestVerify(t *testing.T) {
 	}
 	wantDetails := []string{
 		"conn 1 ", "current_price: got 102, want 101",
-		"conn 2 ", "never caught up", "last_updated " + t1 + ", REST " + t2,
+		"conn 2 ", "never caught up", "last_updated " + t1 + ", REST answered " + t2,
 		"conn 3 ", "document holds symbols [A]",
 		"conn 4 ", "document holds symbols [A B]",
 	}
