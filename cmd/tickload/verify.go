@@ -93,6 +93,9 @@ type checking struct {
 	// serves the version it held. A claim matches later, when REST serves
 	// it. At most maxClaims per symbol.
 	claims map[int][]quoteDoc
+	// first holds, per symbol index, the last_updated the document had at
+	// the first round, to tell a lagging document from a stuck one.
+	first map[int]string
 }
 
 const maxClaims = 16
@@ -172,11 +175,12 @@ func (l *loader) verify(ctx context.Context, rest *restClient, catchUp time.Dura
 // wrong, or returns "" when nothing contradicts it: for every symbol left,
 // REST never answered a version with a last_updated the document held (it
 // answered older and newer ones, or only older ones while it lagged the
-// stream). That happens when the machine is saturated and REST answers
-// sample too few of the ticks; such a connection is inconclusive. A
-// version REST served with other fields (held now or in a claim), a
-// document older than every REST answer, or a wrong set of symbols is a
-// mismatch. s.mu is held.
+// stream, or the document lagged behind REST but kept moving). That
+// happens when the machine is saturated: REST answers sample too few of
+// the ticks and documents lag by seconds; such a connection is
+// inconclusive. A version REST served with other fields (held now or in a
+// claim), a document older than every REST answer that did not move during
+// the check (stuck), or a wrong set of symbols is a mismatch. s.mu is held.
 func (c *checking) contradiction(history map[string][]*quoteDoc) string {
 	s := c.s
 	switch {
@@ -196,8 +200,8 @@ func (c *checking) contradiction(history map[string][]*quoteDoc) string {
 		if len(h) == 0 {
 			return sym + ": REST did not return it"
 		}
-		if q.LastUpdated < h[0].LastUpdated {
-			return fmt.Sprintf("%s never caught up: last_updated %s, REST answered %s to %s", sym, q.LastUpdated, h[0].LastUpdated, h[len(h)-1].LastUpdated)
+		if q.LastUpdated < h[0].LastUpdated && q.LastUpdated <= c.first[i] {
+			return fmt.Sprintf("%s never caught up (did not move during the check): last_updated %s, REST answered %s to %s", sym, q.LastUpdated, h[0].LastUpdated, h[len(h)-1].LastUpdated)
 		}
 		for _, held := range append([]quoteDoc{*q}, c.claims[i]...) {
 			for _, r := range h {
@@ -257,6 +261,12 @@ func (c *checking) check(history map[string][]*quoteDoc) checkResult {
 		return checkGone
 	case !s.snapshot || !c.sameSymbols():
 		return checkPending
+	}
+	if c.first == nil {
+		c.first = make(map[int]string, len(c.left))
+		for _, i := range c.left {
+			c.first[i] = s.doc.quotes[s.symbols[i]].LastUpdated
+		}
 	}
 	keep := c.left[:0]
 	for _, i := range c.left {

@@ -206,3 +206,22 @@ func TestVerifyInconclusive(t *testing.T) {
 		t.Errorf("got %d inconclusive, %d mismatches, %d verified, want 1, 1, 0", v.inconclusive, v.mismatches, v.verified)
 	}
 }
+
+// TestVerifyLaggingButMoving: a document behind every REST answer that
+// keeps moving during the check is lagging (inconclusive), not stuck.
+func TestVerifyLaggingButMoving(t *testing.T) {
+	const t1, t2, t3 = "2025-01-02T03:04:05.000Z", "2025-01-02T03:04:06.000Z", "2025-01-02T03:04:07.000Z"
+	rest := restServer(t, map[string]*quoteDoc{"A": quote("A", 103, t3)})
+	lagging := openSlot(0, []string{"A"}, quote("A", 101, t1))
+	l := &loader{slots: []*slot{lagging}}
+	go func() {
+		time.Sleep(60 * time.Millisecond)
+		lagging.mu.Lock()
+		lagging.doc.quotes["A"] = quote("A", 102, t2)
+		lagging.mu.Unlock()
+	}()
+	v := l.verify(context.Background(), rest, 200*time.Millisecond)
+	if v.inconclusive != 1 || v.mismatches != 0 {
+		t.Errorf("got %d inconclusive, %d mismatches, want 1 and 0: %v", v.inconclusive, v.mismatches, v.details)
+	}
+}
