@@ -61,6 +61,7 @@ func (e *env) command(ctx context.Context, cpu string, bin string, args ...strin
 type server struct {
 	cmd    *exec.Cmd
 	addr   string
+	debug  string // DEBUG_ADDR, when set
 	env    []string
 	clkTck float64
 
@@ -93,9 +94,9 @@ func (e *env) startServer(ctx context.Context, vars map[string]string) (*server,
 	for k, v := range vars {
 		kv[k] = v
 	}
-	s := &server{addr: addr, clkTck: e.clkTck, stop: make(chan struct{}), done: make(chan struct{})}
+	s := &server{addr: addr, debug: kv["DEBUG_ADDR"], clkTck: e.clkTck, stop: make(chan struct{}), done: make(chan struct{})}
 	for k, v := range kv {
-		if k != "JWT_SECRET" && k != "HTTP_ADDR" {
+		if k != "JWT_SECRET" && k != "HTTP_ADDR" && k != "DEBUG_ADDR" {
 			s.env = append(s.env, k+"="+v)
 		}
 	}
@@ -210,6 +211,19 @@ func (s *server) metric(name string) float64 {
 		}
 	}
 	return 0
+}
+
+// collectGarbage makes the server run a full GC (through the profiler's
+// heap endpoint), so that heap figures count live memory only.
+func (s *server) collectGarbage() {
+	if s.debug == "" {
+		return
+	}
+	resp, err := http.Get("http://" + s.debug + "/debug/pprof/heap?gc=1")
+	if err == nil {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
 }
 
 // shutdown stops the server with SIGTERM and waits.

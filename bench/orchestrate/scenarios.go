@@ -81,7 +81,13 @@ var scenarios = map[string]scenario{
 		return []Result{r}, err
 	},
 	"churn": func(ctx context.Context, e *env) ([]Result, error) {
-		r, err := e.measure(ctx, "churn", fanoutEnv("100ms", "off"), true,
+		vars := fanoutEnv("100ms", "off")
+		debug, err := freePort() // the profiler forces a GC before the heap is read
+		if err != nil {
+			return nil, err
+		}
+		vars["DEBUG_ADDR"] = debug
+		r, err := e.measure(ctx, "churn", vars, true,
 			"-conns", "5000", "-rate", "2000", "-symbols-per-conn", "5", "-symbols-pool", "50",
 			"-duration", "60s", "-check-wait", "20s", "-churn", "1000", "-source-ips", "127.0.0.1-127.0.0.8")
 		return []Result{r}, err
@@ -129,6 +135,7 @@ func (e *env) measure(ctx context.Context, name string, vars map[string]string, 
 	r := Result{Name: name, When: time.Now().UTC(), ServerEnv: s.env, Derived: map[string]float64{}}
 	if probe {
 		time.Sleep(time.Second)
+		s.collectGarbage()
 		r.Server.GoroutinesPre = s.metric("go_goroutines")
 		r.Server.HeapPreMB = s.metric("go_memstats_heap_inuse_bytes") / (1 << 20)
 		rss, _ := s.rss()
@@ -150,6 +157,7 @@ func (e *env) measure(ctx context.Context, name string, vars map[string]string, 
 		// The load has closed its connections; give the garbage collector
 		// and the scavenger time to return what they held.
 		time.Sleep(20 * time.Second)
+		s.collectGarbage()
 		r.Server.GoroutinesPost = s.metric("go_goroutines")
 		r.Server.HeapPostMB = s.metric("go_memstats_heap_inuse_bytes") / (1 << 20)
 		rss, _ := s.rss()
