@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,23 +17,11 @@ import (
 // switches between its non-blocking and blocking writers, still receive
 // every message whole, with seq +1 each time, and converge.
 func TestPausingReadersStayIntact(t *testing.T) {
-	s := startServer(t, map[string]string{
-		"SYNTHETIC_SYMBOLS":            "100",
-		"WS_MAX_SYMBOLS":               "100",
-		"SIM_UPDATE":                   "all",
-		"PRICE_UPDATE_INTERVAL":        "10ms",
-		"WS_WRITE_TIMEOUT":             "30ms",
-		"WS_CIRCUIT_BREAKER_THRESHOLD": "100",
-		"LOG_LEVEL":                    "info",
-	})
-	syms := make([]string, 100)
-	for i := range syms {
-		syms[i] = fmt.Sprintf("SYN%05d", i+1)
-	}
+	s, syms := startFloodServer(t, "30ms", "100")
 	const clients = 4
 	errs := make(chan error, clients)
 	for k := range clients {
-		go func() { errs <- pausingReader(s, strings.Join(syms, ","), time.Duration(k+1)*400*time.Millisecond) }()
+		go func() { errs <- pausingReader(s, syms, time.Duration(k+1)*400*time.Millisecond) }()
 	}
 	for range clients {
 		if err := <-errs; err != nil {
@@ -48,9 +34,7 @@ func pausingReader(s *testServer, symbols string, pause time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-			return rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 8192) })
-		}}
+		d := net.Dialer{Control: smallReceiveBuffer}
 		return d.DialContext(ctx, network, addr)
 	}}}
 	c, _, err := websocket.Dial(ctx, s.wsURL("?symbols="+symbols), &websocket.DialOptions{

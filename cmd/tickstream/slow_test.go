@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -18,20 +19,7 @@ import (
 // once its socket stops draining, while a calm client on the same server
 // keeps receiving every tick.
 func TestSlowConsumerClosed4008(t *testing.T) {
-	s := startServer(t, map[string]string{
-		"SYNTHETIC_SYMBOLS":            "100",
-		"WS_MAX_SYMBOLS":               "100",
-		"SIM_UPDATE":                   "all",
-		"PRICE_UPDATE_INTERVAL":        "10ms",
-		"WS_WRITE_TIMEOUT":             "50ms",
-		"WS_CIRCUIT_BREAKER_THRESHOLD": "3",
-		"WS_HEALTH_CHECK_INTERVAL":     "1h",
-		"LOG_LEVEL":                    "info",
-	})
-	syms := make([]string, 100)
-	for i := range syms {
-		syms[i] = fmt.Sprintf("SYN%05d", i+1)
-	}
+	s, syms := startFloodServer(t, "50ms", "3")
 	calm := s.dial("?symbols=SYN00001")
 	calm.next()
 
@@ -40,15 +28,11 @@ func TestSlowConsumerClosed4008(t *testing.T) {
 	d := ws.Dialer{
 		Header: ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + s.validToken()}}),
 		NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			nd := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-				var serr error
-				rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-				return serr
-			}}
+			nd := net.Dialer{Control: smallReceiveBuffer}
 			return nd.DialContext(ctx, network, addr)
 		},
 	}
-	stuck, _, _, err := d.Dial(ctx, s.wsURL("?symbols="+strings.Join(syms, ",")))
+	stuck, _, _, err := d.Dial(ctx, s.wsURL("?symbols="+syms))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,4 +61,35 @@ func TestSlowConsumerClosed4008(t *testing.T) {
 	for range 5 {
 		calm.nextOf("quotes_patch")
 	}
+}
+
+// startFloodServer runs a server that moves 100 symbols every 10 ms, so a
+// client that stops reading fills its socket within a second. It returns
+// the symbols, joined for ?symbols=.
+func startFloodServer(t *testing.T, writeTimeout, stalls string) (*testServer, string) {
+	t.Helper()
+	s := startServer(t, map[string]string{
+		"SYNTHETIC_SYMBOLS":            "100",
+		"WS_MAX_SYMBOLS":               "100",
+		"SIM_UPDATE":                   "all",
+		"PRICE_UPDATE_INTERVAL":        "10ms",
+		"WS_WRITE_TIMEOUT":             writeTimeout,
+		"WS_CIRCUIT_BREAKER_THRESHOLD": stalls,
+		"WS_HEALTH_CHECK_INTERVAL":     "1h",
+		"LOG_LEVEL":                    "info",
+	})
+	syms := make([]string, 100)
+	for i := range syms {
+		syms[i] = fmt.Sprintf("SYN%05d", i+1)
+	}
+	return s, strings.Join(syms, ",")
+}
+
+// smallReceiveBuffer is a net.Dialer Control that shrinks the socket's
+// receive buffer, so that a client that stops reading stalls the server
+// sooner.
+func smallReceiveBuffer(_, _ string, rc syscall.RawConn) error {
+	var err error
+	cerr := rc.Control(func(fd uintptr) { err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 8192) })
+	return errors.Join(cerr, err)
 }

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -17,41 +18,88 @@ import (
 
 // Config is every setting of the server. Each field names its environment
 // variable and default; a flag with the lower-case, dashed name
-// (HTTP_ADDR: -http-addr) overrides the variable.
+// (HTTP_ADDR: -http-addr) overrides the variable. Load is the only way to
+// fill one, so every Config a component sees has been validated.
 type Config struct {
-	HTTPAddr                string        // HTTP_ADDR, ":8080": listen address
-	JWTSecret               string        // JWT_SECRET, "": HS256 secret (at least 32 bytes); empty means development mode with a random secret and a printed demo token
-	PriceUpdateInterval     time.Duration // PRICE_UPDATE_INTERVAL, 4s: simulator tick (10ms to 1h)
-	PriceOscillationPercent float64       // PRICE_OSCILLATION_PERCENT, 0.01: price moves within ± this fraction of the base price
-	SimUpdate               string        // SIM_UPDATE, "subset": which active symbols move each tick, "subset" or "all"
-	InstrumentsFile         string        // INSTRUMENTS_FILE, "": CSV of instruments; empty means the 20 built-in ones
-	SyntheticSymbols        int           // SYNTHETIC_SYMBOLS, 0: generated instruments added for load tests
-	WSMaxConnections        int           // WS_MAX_CONNECTIONS, 10000: beyond it handshakes get 503
-	WSMaxSymbols            int           // WS_MAX_SYMBOLS, 100: symbols per connection
-	WSIdleTimeout           time.Duration // WS_IDLE_TIMEOUT, 30m: a connection with no frame from the client for this long is closed
-	WSHealthCheckInterval   time.Duration // WS_HEALTH_CHECK_INTERVAL, 30s: ping interval; a missed pong closes the connection
-	WSWriteTimeout          time.Duration // WS_WRITE_TIMEOUT, 2s: deadline of one write to a client
-	WSCircuitBreaker        int           // WS_CIRCUIT_BREAKER_THRESHOLD, 5: write deadlines in a row without draining before close 4008 (slow consumer)
-	WSCompression           bool          // WS_COMPRESSION, on: accept permessage-deflate (RFC 7692) when the client offers it
-	WSEventLoop             bool          // WS_EVENT_LOOP, on: idle connections are watched by epoll instead of a reader goroutine each
-	ShutdownTimeout         time.Duration // SHUTDOWN_TIMEOUT, 10s: how long shutdown waits for clients to close
-	DebugAddr               string        // DEBUG_ADDR, "": when set, net/http/pprof listens there (keep it on loopback)
-	LogLevel                slog.Level    // LOG_LEVEL, info: debug, info, warn or error
-	LogFormat               string        // LOG_FORMAT, "json": json or text
+	// HTTPAddr (HTTP_ADDR, default ":8080") is the host:port the HTTP and
+	// WebSocket server listens on.
+	HTTPAddr string
+	// JWTSecret (JWT_SECRET, default "") is the HS256 secret, at least 32
+	// bytes. Empty means development mode: the caller signs tokens with a
+	// random secret and prints a demo token. It never appears in an Error.
+	JWTSecret string
+	// PriceUpdateInterval (PRICE_UPDATE_INTERVAL, default 4s) is the
+	// simulator tick, 10ms to 1h.
+	PriceUpdateInterval time.Duration
+	// PriceOscillationPercent (PRICE_OSCILLATION_PERCENT, default 0.01) is,
+	// despite its name, a fraction: prices move within ± this share of the
+	// base price (0.01 is ±1%). Above 0 and below 1.
+	PriceOscillationPercent float64
+	// SimUpdate (SIM_UPDATE, default "subset") says which active symbols
+	// move each tick: "subset" (a random few, like a real market) or "all"
+	// (every one, the worst case for load tests).
+	SimUpdate string
+	// InstrumentsFile (INSTRUMENTS_FILE, default "") is a CSV of
+	// instruments; empty means the 20 built-in ones. When set it must exist.
+	InstrumentsFile string
+	// SyntheticSymbols (SYNTHETIC_SYMBOLS, default 0) is how many generated
+	// instruments are added for load tests, 0 to 100000.
+	SyntheticSymbols int
+	// WSMaxConnections (WS_MAX_CONNECTIONS, default 10000) caps open
+	// WebSocket connections; beyond it handshakes get 503. 1 to 1000000.
+	WSMaxConnections int
+	// WSMaxSymbols (WS_MAX_SYMBOLS, default 100) caps the symbols one
+	// connection may subscribe to, 1 to 10000.
+	WSMaxSymbols int
+	// WSIdleTimeout (WS_IDLE_TIMEOUT, default 30m) closes a connection that
+	// sent no frame for this long; at least 1s.
+	WSIdleTimeout time.Duration
+	// WSHealthCheckInterval (WS_HEALTH_CHECK_INTERVAL, default 30s) is the
+	// ping interval; a pong missing by the next ping closes the connection.
+	// At least 100ms.
+	WSHealthCheckInterval time.Duration
+	// WSWriteTimeout (WS_WRITE_TIMEOUT, default 2s) is the deadline of one
+	// write to a client, 10ms to 1m.
+	WSWriteTimeout time.Duration
+	// WSCircuitBreaker (WS_CIRCUIT_BREAKER_THRESHOLD, default 5) is how many
+	// write deadlines in a row, without draining, close a client with 4008
+	// (slow consumer). 1 to 100.
+	WSCircuitBreaker int
+	// WSCompression (WS_COMPRESSION, default on) accepts permessage-deflate
+	// (RFC 7692) when a client offers it.
+	WSCompression bool
+	// WSEventLoop (WS_EVENT_LOOP, default on) has epoll watch idle
+	// connections instead of one reader goroutine each.
+	WSEventLoop bool
+	// ShutdownTimeout (SHUTDOWN_TIMEOUT, default 10s) is how long shutdown
+	// waits for clients to close; at least 0.
+	ShutdownTimeout time.Duration
+	// DebugAddr (DEBUG_ADDR, default "") is where net/http/pprof listens;
+	// empty means off. Keep it on loopback.
+	DebugAddr string
+	// LogLevel (LOG_LEVEL, default info) is debug, info, warn or error,
+	// in any case.
+	LogLevel slog.Level
+	// LogFormat (LOG_FORMAT, default "json") is "json" or "text".
+	LogFormat string
 }
 
 // DevAuth reports whether tokens are signed with a random development
 // secret (no JWT_SECRET).
 func (c Config) DevAuth() bool { return c.JWTSecret == "" }
 
-// Error is an invalid setting. It names the variable and never holds a
-// secret's value.
+// Error is an invalid setting or a command-line mistake. It is its own type
+// so main can tell a usage problem (exit 2) from a failure to run. It names
+// the variable and never holds a secret's value.
 type Error struct {
-	Var    string
-	Value  string
-	Reason string
+	Var    string // the variable (HTTP_ADDR), the flag (-http-addr) or "command line"
+	Value  string // the rejected value; empty for secrets and unknown flags
+	Reason string // why, in a few words
 }
 
+// Error returns one line, such as
+// invalid PRICE_UPDATE_INTERVAL="abc": not a duration, so it reads well
+// after a program name on stderr.
 func (e *Error) Error() string {
 	if e.Value == "" {
 		return fmt.Sprintf("invalid %s: %s", e.Var, e.Reason)
@@ -60,12 +108,15 @@ func (e *Error) Error() string {
 }
 
 // setting is one variable: its name, default, help, and how to parse and
-// check a value into the Config.
+// check a value into the Config. A secret's value is neither trimmed nor
+// shown in errors.
 type setting struct {
 	env, def, help string
 	secret         bool
 	set            func(c *Config, v string) error
 }
+
+// settings lists every variable in the order -h shows them.
 
 func settings() []setting {
 	return []setting{
@@ -76,7 +127,7 @@ func settings() []setting {
 			c.HTTPAddr = v
 			return nil
 		}},
-		{"JWT_SECRET", "", "HS256 secret, at least 32 bytes (empty: development mode, random secret and a printed demo token)", true, func(c *Config, v string) error {
+		{"JWT_SECRET", "", "HS256 secret, at least 32 bytes (empty: development mode, random secret and a printed demo token); prefer the variable, flags show in ps", true, func(c *Config, v string) error {
 			if v != "" && len(v) < 32 {
 				return errors.New("must be at least 32 bytes")
 			}
@@ -101,8 +152,14 @@ func settings() []setting {
 		}},
 		{"INSTRUMENTS_FILE", "", "CSV with header symbol,name,type,base_price,volume,market_cap (empty: 20 built-in instruments)", false, func(c *Config, v string) error {
 			if v != "" {
-				if _, err := os.Stat(v); err != nil {
-					return errors.New("file not readable")
+				fi, err := os.Stat(v)
+				switch {
+				case errors.Is(err, fs.ErrNotExist):
+					return errors.New("no such file")
+				case err != nil:
+					return errors.New("cannot stat the file")
+				case fi.IsDir():
+					return errors.New("is a directory")
 				}
 			}
 			c.InstrumentsFile = v
@@ -128,7 +185,21 @@ func settings() []setting {
 			return nil
 		}},
 		{"LOG_LEVEL", "info", "debug, info, warn or error", false, func(c *Config, v string) error {
-			return c.LogLevel.UnmarshalText([]byte(v))
+			// Not slog.Level.UnmarshalText: it also takes "info+2", and its
+			// error repeats the value.
+			switch strings.ToLower(v) {
+			case "debug":
+				c.LogLevel = slog.LevelDebug
+			case "info":
+				c.LogLevel = slog.LevelInfo
+			case "warn":
+				c.LogLevel = slog.LevelWarn
+			case "error":
+				c.LogLevel = slog.LevelError
+			default:
+				return errors.New(`must be "debug", "info", "warn" or "error"`)
+			}
+			return nil
 		}},
 		{"LOG_FORMAT", "json", "json or text", false, func(c *Config, v string) error {
 			if v != "json" && v != "text" {
@@ -140,6 +211,8 @@ func settings() []setting {
 	}
 }
 
+// duration parses a time.Duration of at least min and, when max > 0, at
+// most max into the field.
 func duration(min, max time.Duration, field func(*Config) *time.Duration) func(*Config, string) error {
 	return func(c *Config, v string) error {
 		d, err := time.ParseDuration(v)
@@ -157,6 +230,7 @@ func duration(min, max time.Duration, field func(*Config) *time.Duration) func(*
 	}
 }
 
+// onOff parses "on" or "off", in any case, into the field.
 func onOff(field func(*Config) *bool) func(*Config, string) error {
 	return func(c *Config, v string) error {
 		switch strings.ToLower(v) {
@@ -171,6 +245,7 @@ func onOff(field func(*Config) *bool) func(*Config, string) error {
 	}
 }
 
+// integer parses an int from min to max into the field.
 func integer(min, max int, field func(*Config) *int) func(*Config, string) error {
 	return func(c *Config, v string) error {
 		n, err := strconv.Atoi(v)
@@ -188,30 +263,36 @@ func integer(min, max int, field func(*Config) *int) func(*Config, string) error
 // flagName turns HTTP_ADDR into http-addr.
 func flagName(env string) string { return strings.ReplaceAll(strings.ToLower(env), "_", "-") }
 
-// Load reads the configuration: a flag in args (without the program name)
-// wins over the environment variable (read through getenv), which wins
-// over the default. -h writes the usage to usage and returns flag.ErrHelp;
-// any invalid value returns an *Error.
-func Load(args []string, getenv func(string) string, usage io.Writer) (Config, error) {
+// Load reads the configuration: a flag in args (without the program name,
+// os.Args[1:]) wins over the environment variable, read through getenv,
+// which wins over the default. An empty variable counts as unset. Every
+// value is checked here, once. -h or -help writes the usage to usageOut
+// and returns flag.ErrHelp; any other problem, including an unknown flag,
+// returns an *Error.
+func Load(args []string, getenv func(string) string, usageOut io.Writer) (Config, error) {
 	all := settings()
-	fs := flag.NewFlagSet("tickstream", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	flags := flag.NewFlagSet("tickstream", flag.ContinueOnError)
+	flags.SetOutput(io.Discard) // errors go into the returned *Error, usage to usageOut
 	fromFlag := make(map[string]*string, len(all))
 	for _, s := range all {
-		fromFlag[s.env] = fs.String(flagName(s.env), "", "")
+		// Defaults stay out of the FlagSet: whether a flag was given, not
+		// its value, decides precedence, and writeUsage prints them.
+		fromFlag[s.env] = flags.String(flagName(s.env), "", "")
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			writeUsage(usage, all)
-			return Config{}, err
+			if usageOut != nil {
+				writeUsage(usageOut, all)
+			}
+			return Config{}, fmt.Errorf("tickstream usage: %w", err)
 		}
-		return Config{}, &Error{Var: "command line", Reason: err.Error() + " (see -h)"}
+		return Config{}, flagError(err)
 	}
-	if fs.NArg() > 0 {
-		return Config{}, &Error{Var: "command line", Reason: fmt.Sprintf("unexpected argument %q (see -h)", fs.Arg(0))}
+	if flags.NArg() > 0 {
+		return Config{}, &Error{Var: "command line", Reason: fmt.Sprintf("unexpected argument %q (see -h)", flags.Arg(0))}
 	}
 	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	flags.Visit(func(f *flag.Flag) { given[f.Name] = true })
 
 	var c Config
 	for _, s := range all {
@@ -221,19 +302,33 @@ func Load(args []string, getenv func(string) string, usage io.Writer) (Config, e
 		} else if e := getenv(s.env); e != "" {
 			v = e
 		}
-		if err := s.set(&c, strings.TrimSpace(v)); err != nil {
-			shown := v
-			if s.secret {
-				shown = ""
+		if s.secret {
+			if err := s.set(&c, v); err != nil {
+				return Config{}, &Error{Var: src, Reason: err.Error()}
 			}
-			return Config{}, &Error{Var: src, Value: shown, Reason: err.Error()}
+			continue
+		}
+		if err := s.set(&c, strings.TrimSpace(v)); err != nil {
+			return Config{}, &Error{Var: src, Value: v, Reason: err.Error()}
 		}
 	}
 	return c, nil
 }
 
+// flagError turns the flag package's parse error, such as "flag provided
+// but not defined: -x", into an *Error naming the flag. All flags are
+// strings, so the flag package rejects only names and missing values.
+func flagError(err error) *Error {
+	reason, name, ok := strings.Cut(err.Error(), ": -")
+	if !ok {
+		return &Error{Var: "command line", Reason: err.Error() + " (see -h)"}
+	}
+	return &Error{Var: "-" + name, Reason: reason + " (see -h)"}
+}
+
+// writeUsage lists every flag with its variable, default and meaning.
 func writeUsage(w io.Writer, all []setting) {
-	fmt.Fprintf(w, "Usage: tickstream [flags]\n\nEvery setting is an environment variable and a flag; a flag wins.\n\n")
+	fmt.Fprintf(w, "Usage: tickstream [flags]\n\nEvery setting is an environment variable and a flag; a flag wins over the variable, which wins over the default.\n\n")
 	for _, s := range all {
 		def := s.def
 		if def == "" {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"flag"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,97 +14,288 @@ import (
 	"github.com/tickstream/tickstream/internal/config"
 )
 
+// allVars is every variable the server reads, in the order -h lists them.
+var allVars = []struct{ env, flag, def string }{
+	{"HTTP_ADDR", "-http-addr", ":8080"},
+	{"JWT_SECRET", "-jwt-secret", `""`},
+	{"PRICE_UPDATE_INTERVAL", "-price-update-interval", "4s"},
+	{"PRICE_OSCILLATION_PERCENT", "-price-oscillation-percent", "0.01"},
+	{"SIM_UPDATE", "-sim-update", "subset"},
+	{"INSTRUMENTS_FILE", "-instruments-file", `""`},
+	{"SYNTHETIC_SYMBOLS", "-synthetic-symbols", "0"},
+	{"WS_MAX_CONNECTIONS", "-ws-max-connections", "10000"},
+	{"WS_MAX_SYMBOLS", "-ws-max-symbols", "100"},
+	{"WS_IDLE_TIMEOUT", "-ws-idle-timeout", "30m"},
+	{"WS_HEALTH_CHECK_INTERVAL", "-ws-health-check-interval", "30s"},
+	{"WS_WRITE_TIMEOUT", "-ws-write-timeout", "2s"},
+	{"WS_CIRCUIT_BREAKER_THRESHOLD", "-ws-circuit-breaker-threshold", "5"},
+	{"WS_COMPRESSION", "-ws-compression", "on"},
+	{"WS_EVENT_LOOP", "-ws-event-loop", "on"},
+	{"SHUTDOWN_TIMEOUT", "-shutdown-timeout", "10s"},
+	{"DEBUG_ADDR", "-debug-addr", `""`},
+	{"LOG_LEVEL", "-log-level", "info"},
+	{"LOG_FORMAT", "-log-format", "json"},
+}
+
+const goodSecret = "0123456789abcdef0123456789abcdef" // 32 bytes
+
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
 
-func TestDefaults(t *testing.T) {
-	c, err := config.Load(nil, env(nil), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := config.Config{
-		HTTPAddr: ":8080", PriceUpdateInterval: 4 * time.Second, PriceOscillationPercent: 0.01,
-		SimUpdate: "subset", WSMaxConnections: 10000, WSMaxSymbols: 100, WSIdleTimeout: 30 * time.Minute,
-		WSHealthCheckInterval: 30 * time.Second, WSWriteTimeout: 2 * time.Second, WSCircuitBreaker: 5, WSCompression: true, WSEventLoop: true, ShutdownTimeout: 10 * time.Second, LogLevel: slog.LevelInfo, LogFormat: "json",
-	}
-	if c != want {
-		t.Errorf("got %+v\nwant %+v", c, want)
-	}
-	if !c.DevAuth() {
-		t.Error("DevAuth: got false with no JWT_SECRET, want true")
-	}
-}
-
-func TestEnvAndFlags(t *testing.T) {
-	e := env(map[string]string{"HTTP_ADDR": "127.0.0.1:9000", "WS_MAX_SYMBOLS": "5", "LOG_LEVEL": "DEBUG", "SIM_UPDATE": "all"})
-	c, err := config.Load([]string{"-ws-max-symbols", "7", "-price-update-interval=100ms"}, e, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.HTTPAddr != "127.0.0.1:9000" || c.WSMaxSymbols != 7 || c.PriceUpdateInterval != 100*time.Millisecond ||
-		c.LogLevel != slog.LevelDebug || c.SimUpdate != "all" {
-		t.Errorf("got %+v", c)
+func defaults() config.Config {
+	return config.Config{
+		HTTPAddr:                ":8080",
+		PriceUpdateInterval:     4 * time.Second,
+		PriceOscillationPercent: 0.01,
+		SimUpdate:               "subset",
+		WSMaxConnections:        10000,
+		WSMaxSymbols:            100,
+		WSIdleTimeout:           30 * time.Minute,
+		WSHealthCheckInterval:   30 * time.Second,
+		WSWriteTimeout:          2 * time.Second,
+		WSCircuitBreaker:        5,
+		WSCompression:           true,
+		WSEventLoop:             true,
+		ShutdownTimeout:         10 * time.Second,
+		LogLevel:                slog.LevelInfo,
+		LogFormat:               "json",
 	}
 }
 
-func TestInvalid(t *testing.T) {
+func TestLoad(t *testing.T) {
+	instruments := filepath.Join(t.TempDir(), "instruments.csv")
+	if err := os.WriteFile(instruments, []byte("symbol,name,type,base_price,volume,market_cap\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
-		env, value string
+		name string
+		args []string
+		env  map[string]string
+		want func(*config.Config) // edits the defaults into the expected Config
 	}{
-		{"HTTP_ADDR", "8080"},
-		{"JWT_SECRET", "too-short-secret"},
-		{"PRICE_UPDATE_INTERVAL", "fast"},
-		{"PRICE_UPDATE_INTERVAL", "1ms"},
-		{"PRICE_UPDATE_INTERVAL", "2h"},
-		{"PRICE_OSCILLATION_PERCENT", "0"},
-		{"PRICE_OSCILLATION_PERCENT", "1.5"},
-		{"SIM_UPDATE", "most"},
-		{"INSTRUMENTS_FILE", "/no/such/file.csv"},
-		{"SYNTHETIC_SYMBOLS", "-3"},
-		{"WS_MAX_CONNECTIONS", "0"},
-		{"WS_MAX_SYMBOLS", "many"},
-		{"WS_IDLE_TIMEOUT", "10ms"},
-		{"WS_HEALTH_CHECK_INTERVAL", "1ms"},
-		{"WS_WRITE_TIMEOUT", "1ms"},
-		{"WS_CIRCUIT_BREAKER_THRESHOLD", "0"},
-		{"WS_COMPRESSION", "maybe"},
-		{"WS_EVENT_LOOP", "1"},
-		{"SHUTDOWN_TIMEOUT", "-1s"},
-		{"LOG_LEVEL", "loud"},
-		{"LOG_FORMAT", "xml"},
+		{"defaults", nil, nil, func(*config.Config) {}},
+		{"empty variables count as unset", nil, map[string]string{"HTTP_ADDR": "", "LOG_LEVEL": ""}, func(*config.Config) {}},
+		{
+			"environment",
+			nil,
+			map[string]string{
+				"HTTP_ADDR": "127.0.0.1:9000", "JWT_SECRET": goodSecret, "PRICE_UPDATE_INTERVAL": "10ms",
+				"PRICE_OSCILLATION_PERCENT": "0.5", "SIM_UPDATE": "all", "INSTRUMENTS_FILE": instruments,
+				"SYNTHETIC_SYMBOLS": "100000", "WS_MAX_CONNECTIONS": "1", "WS_MAX_SYMBOLS": "10000",
+				"WS_IDLE_TIMEOUT": "1s", "WS_HEALTH_CHECK_INTERVAL": "100ms", "SHUTDOWN_TIMEOUT": "0s",
+				"WS_COMPRESSION": "OFF", "WS_EVENT_LOOP": "off", "DEBUG_ADDR": "127.0.0.1:6060",
+				"LOG_LEVEL": "DEBUG", "LOG_FORMAT": "text",
+			},
+			func(c *config.Config) {
+				c.HTTPAddr, c.JWTSecret, c.PriceUpdateInterval = "127.0.0.1:9000", goodSecret, 10*time.Millisecond
+				c.PriceOscillationPercent, c.SimUpdate, c.InstrumentsFile = 0.5, "all", instruments
+				c.SyntheticSymbols, c.WSMaxConnections, c.WSMaxSymbols = 100000, 1, 10000
+				c.WSIdleTimeout, c.WSHealthCheckInterval, c.ShutdownTimeout = time.Second, 100*time.Millisecond, 0
+				c.WSCompression, c.WSEventLoop, c.DebugAddr = false, false, "127.0.0.1:6060"
+				c.LogLevel, c.LogFormat = slog.LevelDebug, "text"
+			},
+		},
+		{"upper bounds", nil, map[string]string{"PRICE_UPDATE_INTERVAL": "1h", "WS_MAX_CONNECTIONS": "1000000"}, func(c *config.Config) {
+			c.PriceUpdateInterval, c.WSMaxConnections = time.Hour, 1000000
+		}},
+		{"surrounding spaces are trimmed", nil, map[string]string{"WS_MAX_SYMBOLS": " 7 ", "LOG_LEVEL": "warn\n"}, func(c *config.Config) {
+			c.WSMaxSymbols, c.LogLevel = 7, slog.LevelWarn
+		}},
+		{"secret kept byte for byte", nil, map[string]string{"JWT_SECRET": " " + goodSecret}, func(c *config.Config) {
+			c.JWTSecret = " " + goodSecret
+		}},
+		{
+			"flags override the environment",
+			[]string{"-ws-max-symbols", "7", "-price-update-interval=100ms", "--log-level", "error"},
+			map[string]string{"WS_MAX_SYMBOLS": "5", "PRICE_UPDATE_INTERVAL": "1s", "LOG_LEVEL": "debug", "SIM_UPDATE": "all"},
+			func(c *config.Config) {
+				c.WSMaxSymbols, c.PriceUpdateInterval, c.LogLevel, c.SimUpdate = 7, 100*time.Millisecond, slog.LevelError, "all"
+			},
+		},
+		{"an empty flag overrides the environment", []string{"-instruments-file="}, map[string]string{"INSTRUMENTS_FILE": "/no/such/file"}, func(*config.Config) {}},
+		{"flag alone", []string{"-http-addr", "[::1]:0"}, nil, func(c *config.Config) { c.HTTPAddr = "[::1]:0" }},
 	}
 	for _, tt := range tests {
-		t.Run(tt.env+"="+tt.value, func(t *testing.T) {
-			_, err := config.Load(nil, env(map[string]string{tt.env: tt.value}), nil)
-			var ce *config.Error
-			if !errors.As(err, &ce) || ce.Var != tt.env {
-				t.Fatalf("got %v, want a *config.Error for %s", err, tt.env)
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := config.Load(tt.args, env(tt.env), nil)
+			if err != nil {
+				t.Fatalf("got error %v, want none", err)
 			}
-			if strings.Contains(err.Error(), "\n") {
-				t.Errorf("error spans lines: %q", err)
-			}
-			if tt.env == "JWT_SECRET" && strings.Contains(err.Error(), tt.value) {
-				t.Errorf("error shows the secret: %q", err)
+			want := defaults()
+			tt.want(&want)
+			if got != want {
+				t.Errorf("got  %+v\nwant %+v", got, want)
 			}
 		})
 	}
 }
 
-func TestFlagErrors(t *testing.T) {
-	var ce *config.Error
-	if _, err := config.Load([]string{"-no-such-flag"}, env(nil), nil); !errors.As(err, &ce) {
-		t.Errorf("unknown flag: got %v, want *config.Error", err)
+func TestDevAuth(t *testing.T) {
+	tests := []struct {
+		secret string
+		want   bool
+	}{
+		{"", true},
+		{goodSecret, false},
 	}
-	if _, err := config.Load([]string{"-ws-max-symbols", "x"}, env(nil), nil); !errors.As(err, &ce) || ce.Var != "-ws-max-symbols" {
-		t.Errorf("bad flag value: got %v, want *config.Error naming -ws-max-symbols", err)
+	for _, tt := range tests {
+		t.Run("JWT_SECRET="+tt.secret, func(t *testing.T) {
+			c, err := config.Load(nil, env(map[string]string{"JWT_SECRET": tt.secret}), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.DevAuth(); got != tt.want {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
 	}
-	var usage bytes.Buffer
-	_, err := config.Load([]string{"-h"}, env(nil), &usage)
-	if !errors.Is(err, flag.ErrHelp) {
-		t.Fatalf("-h: got %v, want flag.ErrHelp", err)
+}
+
+func TestInvalid(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantVar string
+	}{
+		{"address without port", nil, map[string]string{"HTTP_ADDR": "8080"}, "HTTP_ADDR"},
+		{"empty address flag", []string{"-http-addr="}, nil, "-http-addr"},
+		{"short secret", nil, map[string]string{"JWT_SECRET": "too-short-secret"}, "JWT_SECRET"},
+		{"31-byte secret", nil, map[string]string{"JWT_SECRET": goodSecret[1:]}, "JWT_SECRET"},
+		{"interval not a duration", nil, map[string]string{"PRICE_UPDATE_INTERVAL": "abc"}, "PRICE_UPDATE_INTERVAL"},
+		{"interval too short", nil, map[string]string{"PRICE_UPDATE_INTERVAL": "9ms"}, "PRICE_UPDATE_INTERVAL"},
+		{"interval too long", nil, map[string]string{"PRICE_UPDATE_INTERVAL": "61m"}, "PRICE_UPDATE_INTERVAL"},
+		{"oscillation zero", nil, map[string]string{"PRICE_OSCILLATION_PERCENT": "0"}, "PRICE_OSCILLATION_PERCENT"},
+		{"oscillation one", nil, map[string]string{"PRICE_OSCILLATION_PERCENT": "1"}, "PRICE_OSCILLATION_PERCENT"},
+		{"oscillation as percent", nil, map[string]string{"PRICE_OSCILLATION_PERCENT": "1.5"}, "PRICE_OSCILLATION_PERCENT"},
+		{"oscillation NaN", nil, map[string]string{"PRICE_OSCILLATION_PERCENT": "NaN"}, "PRICE_OSCILLATION_PERCENT"},
+		{"oscillation not a number", nil, map[string]string{"PRICE_OSCILLATION_PERCENT": "1%"}, "PRICE_OSCILLATION_PERCENT"},
+		{"sim update", nil, map[string]string{"SIM_UPDATE": "most"}, "SIM_UPDATE"},
+		{"instruments file missing", nil, map[string]string{"INSTRUMENTS_FILE": "/no/such/file.csv"}, "INSTRUMENTS_FILE"},
+		{"instruments file a directory", nil, map[string]string{"INSTRUMENTS_FILE": dir}, "INSTRUMENTS_FILE"},
+		{"synthetic negative", nil, map[string]string{"SYNTHETIC_SYMBOLS": "-3"}, "SYNTHETIC_SYMBOLS"},
+		{"synthetic too many", nil, map[string]string{"SYNTHETIC_SYMBOLS": "100001"}, "SYNTHETIC_SYMBOLS"},
+		{"max connections zero", nil, map[string]string{"WS_MAX_CONNECTIONS": "0"}, "WS_MAX_CONNECTIONS"},
+		{"max connections too many", nil, map[string]string{"WS_MAX_CONNECTIONS": "1000001"}, "WS_MAX_CONNECTIONS"},
+		{"max symbols not a number", nil, map[string]string{"WS_MAX_SYMBOLS": "many"}, "WS_MAX_SYMBOLS"},
+		{"max symbols too many", nil, map[string]string{"WS_MAX_SYMBOLS": "10001"}, "WS_MAX_SYMBOLS"},
+		{"idle timeout too short", nil, map[string]string{"WS_IDLE_TIMEOUT": "999ms"}, "WS_IDLE_TIMEOUT"},
+		{"health check too short", nil, map[string]string{"WS_HEALTH_CHECK_INTERVAL": "99ms"}, "WS_HEALTH_CHECK_INTERVAL"},
+		{"write timeout too short", nil, map[string]string{"WS_WRITE_TIMEOUT": "1ms"}, "WS_WRITE_TIMEOUT"},
+		{"circuit breaker zero", nil, map[string]string{"WS_CIRCUIT_BREAKER_THRESHOLD": "0"}, "WS_CIRCUIT_BREAKER_THRESHOLD"},
+		{"compression", nil, map[string]string{"WS_COMPRESSION": "maybe"}, "WS_COMPRESSION"},
+		{"event loop", nil, map[string]string{"WS_EVENT_LOOP": "1"}, "WS_EVENT_LOOP"},
+		{"shutdown negative", nil, map[string]string{"SHUTDOWN_TIMEOUT": "-1s"}, "SHUTDOWN_TIMEOUT"},
+		{"debug address", nil, map[string]string{"DEBUG_ADDR": "localhost"}, "DEBUG_ADDR"},
+		{"log level", nil, map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL"},
+		{"log level offset", nil, map[string]string{"LOG_LEVEL": "info+2"}, "LOG_LEVEL"},
+		{"log format", nil, map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT"},
+		{"bad flag value names the flag", []string{"-ws-max-symbols", "x"}, map[string]string{"WS_MAX_SYMBOLS": "5"}, "-ws-max-symbols"},
+		{"bad variable under a good flag is ignored, the next bad one reported", []string{"-log-level=warn"}, map[string]string{"LOG_LEVEL": "loud", "LOG_FORMAT": "xml"}, "LOG_FORMAT"},
+		{"unknown flag", []string{"-no-such-flag"}, nil, "-no-such-flag"},
+		{"unknown flag with value", []string{"--no-such-flag=1"}, nil, "-no-such-flag"},
+		{"flag without its value", []string{"-http-addr"}, nil, "-http-addr"},
+		{"bad flag syntax", []string{"---x"}, nil, "---x"},
+		{"positional argument", []string{"serve"}, nil, "command line"},
 	}
-	for _, name := range []string{"HTTP_ADDR", "JWT_SECRET", "PRICE_UPDATE_INTERVAL", "SIM_UPDATE", "WS_MAX_CONNECTIONS", "LOG_FORMAT", "-ws-idle-timeout"} {
-		if !strings.Contains(usage.String(), name) {
-			t.Errorf("usage lacks %s", name)
-		}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := config.Load(tt.args, env(tt.env), nil)
+			var ce *config.Error
+			if !errors.As(err, &ce) {
+				t.Fatalf("got %v (%T), want a *config.Error", err, err)
+			}
+			if ce.Var != tt.wantVar {
+				t.Errorf("Var: got %q, want %q (error %q)", ce.Var, tt.wantVar, err)
+			}
+			if !strings.HasPrefix(err.Error(), "invalid "+tt.wantVar) {
+				t.Errorf("got %q, want it to start with %q", err, "invalid "+tt.wantVar)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("got %q, want one line", err)
+			}
+		})
+	}
+}
+
+func TestErrorText(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"value quoted", nil, map[string]string{"PRICE_UPDATE_INTERVAL": "abc"}, `invalid PRICE_UPDATE_INTERVAL="abc": not a duration`},
+		{"flag named", []string{"-sim-update", "most"}, nil, `invalid -sim-update="most": must be "subset" or "all"`},
+		{"secret not shown", nil, map[string]string{"JWT_SECRET": "short"}, `invalid JWT_SECRET: must be at least 32 bytes`},
+		{"unknown flag", []string{"-verbose"}, nil, `invalid -verbose: flag provided but not defined (see -h)`},
+		{"newline escaped", nil, map[string]string{"LOG_FORMAT": "json\nx"}, `invalid LOG_FORMAT="json\nx": must be "json" or "text"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := config.Load(tt.args, env(tt.env), nil)
+			if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
+				t.Errorf("got %q, want it to start with %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestSecretNeverShown(t *testing.T) {
+	tests := []struct {
+		name   string
+		args   []string
+		env    map[string]string
+		secret string
+	}{
+		{"short secret in the environment", nil, map[string]string{"JWT_SECRET": "hunter2-but-longer"}, "hunter2-but-longer"},
+		{"short secret as a flag", []string{"-jwt-secret", "hunter2-but-longer"}, nil, "hunter2-but-longer"},
+		{"short secret with spaces", nil, map[string]string{"JWT_SECRET": "  hunter2  "}, "hunter2"},
+		{"good secret, another variable bad", nil, map[string]string{"JWT_SECRET": goodSecret, "LOG_FORMAT": "xml"}, goodSecret},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := config.Load(tt.args, env(tt.env), nil)
+			if err == nil {
+				t.Fatal("got no error, want one")
+			}
+			if strings.Contains(err.Error(), tt.secret) {
+				t.Errorf("got %q, want an error without the secret", err)
+			}
+			var ce *config.Error
+			if errors.As(err, &ce) && strings.Contains(ce.Value, tt.secret) {
+				t.Errorf("Value: got %q, want it without the secret", ce.Value)
+			}
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	for _, arg := range []string{"-h", "-help", "--help"} {
+		t.Run(arg, func(t *testing.T) {
+			var usage bytes.Buffer
+			_, err := config.Load([]string{arg}, env(nil), &usage)
+			if !errors.Is(err, flag.ErrHelp) {
+				t.Fatalf("got %v, want flag.ErrHelp", err)
+			}
+			var ce *config.Error
+			if errors.As(err, &ce) {
+				t.Errorf("got *config.Error %v, want help not to be a usage mistake", err)
+			}
+			lines := strings.Split(usage.String(), "\n")
+			for _, v := range allVars {
+				want := v.flag + "  (" + v.env + ", default " + v.def + ")"
+				found := false
+				for _, l := range lines {
+					found = found || strings.Contains(l, want)
+				}
+				if !found {
+					t.Errorf("usage lacks %q; got:\n%s", want, usage.String())
+				}
+			}
+		})
+	}
+	if _, err := config.Load([]string{"-h"}, env(nil), nil); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("nil usage writer: got %v, want flag.ErrHelp", err)
 	}
 }
