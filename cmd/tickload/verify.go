@@ -207,6 +207,9 @@ func (c *checking) contradiction(history map[string][]*quoteDoc) string {
 		sym := s.symbols[i]
 		q, h := s.doc.quotes[sym], history[sym]
 		if len(h) == 0 {
+			if len(history) == 0 {
+				continue // no REST answer arrived at all: nothing to compare with
+			}
 			return sym + ": REST did not return it"
 		}
 		if q.LastUpdated < h[0].LastUpdated && q.LastUpdated <= c.first[i] {
