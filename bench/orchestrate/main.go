@@ -36,12 +36,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	smoke := fs.Bool("smoke", false, "300 connections for 10 s; fail on any failed connection or mismatch")
 	out := fs.String("out", "results", "directory for the JSON results")
 	doc := fs.String("doc", "BENCHMARKS.md", "file whose results table is rewritten (empty: none)")
+	tableOnly := fs.Bool("table", false, "only rewrite the results table from the JSON files in -out")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: bench/run [-smoke] [scenario ...]\nscenarios: %v\n", scenarioNames())
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *tableOnly {
+		all, err := readResults(*out)
+		if err != nil {
+			return err
+		}
+		return updateDoc(*doc, all)
 	}
 	names := fs.Args()
 	if *smoke {

@@ -8,7 +8,7 @@ import "github.com/prometheus/client_golang/prometheus"
 // Metrics holds the collectors the server updates.
 type Metrics struct {
 	Connections      prometheus.Gauge
-	Handshakes       *prometheus.CounterVec // by result: "accepted" or the HTTP status of the rejection
+	Handshakes       *prometheus.CounterVec // by result: "accepted", "upgrade_failed" or the HTTP status of the rejection
 	MessagesSent     prometheus.Counter
 	BytesSent        prometheus.Counter
 	MessagesReceived prometheus.Counter
@@ -39,7 +39,7 @@ func New(reg prometheus.Registerer, g Gauges) *Metrics {
 		Connections: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tickstream_connections", Help: "Open WebSocket connections."}),
 		Handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tickstream_handshakes_total", Help: "WebSocket handshakes by result: accepted, or the HTTP status of the rejection."},
+			Name: "tickstream_handshakes_total", Help: "WebSocket handshakes by result: accepted, upgrade_failed, or the HTTP status of the rejection."},
 			[]string{"result"}),
 		MessagesSent: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tickstream_messages_sent_total", Help: "WebSocket messages sent to clients."}),

@@ -185,6 +185,8 @@ func TestDecodeClientMessage(t *testing.T) {
 			}
 		case !errors.As(err, &pe) || pe.code != tt.wantCode || string(pe.id) != tt.wantID:
 			t.Errorf("%s: got %v, want code %s id %q", tt.in, err, tt.wantCode, tt.wantID)
+		case strings.Contains(pe.message, "ws.") || strings.Contains(pe.message, "clientMessage"):
+			t.Errorf("%s: message %q names a Go type", tt.in, pe.message)
 		}
 	}
 }

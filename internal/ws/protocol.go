@@ -98,6 +98,8 @@ func jsonErrorText(err error) string {
 	switch {
 	case errors.As(err, &syn):
 		return fmt.Sprintf("syntax error at byte %d", syn.Offset)
+	case errors.As(err, &typ) && typ.Field == "":
+		return "the message must be a JSON object"
 	case errors.As(err, &typ):
 		return fmt.Sprintf("field %q must be %s", typ.Field, typ.Type)
 	}
