@@ -59,6 +59,7 @@ func startTickstream(t *testing.T) string {
 		"PRICE_UPDATE_INTERVAL=50ms",
 		"SIM_UPDATE=all",
 		"LOG_LEVEL=warn",
+		"WS_HANDSHAKE_RATE_PER_IP=0", // tickload opens 50 connections at once from one address
 	)
 	logs := &lockedBuffer{}
 	srv.Stdout, srv.Stderr = logs, logs

@@ -63,6 +63,10 @@ func startServer(t *testing.T, env map[string]string) *testServer {
 		"PRICE_UPDATE_INTERVAL": "50ms",
 		"LOG_LEVEL":             "debug",
 		"SHUTDOWN_TIMEOUT":      "5s",
+		// Every test client connects from 127.0.0.1 as "tester"; the
+		// security tests set these limits themselves.
+		"WS_HANDSHAKE_RATE_PER_IP": "0",
+		"USER_MAX_CONNECTIONS":     "100000",
 	}
 	// CI runs the suite again with TEST_WS_EVENT_LOOP=off, so both ways
 	// of reading connections are tested.
@@ -153,7 +157,13 @@ func (s *testServer) token(claims jwt.MapClaims, key string) string {
 	if key == "" {
 		key = testSecret
 	}
-	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte(key))
+	return s.signed(jwt.NewWithClaims(jwt.SigningMethodHS256, claims), []byte(key))
+}
+
+// signed signs t with key and remembers the token for the log check.
+func (s *testServer) signed(t *jwt.Token, key any) string {
+	s.t.Helper()
+	tok, err := t.SignedString(key)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -179,9 +189,15 @@ func (s *testServer) dial(query string) *wsClient {
 // dialWith opens a WebSocket offering compression as mode says.
 func (s *testServer) dialWith(query string, mode websocket.CompressionMode) *wsClient {
 	s.t.Helper()
+	return s.dialToken(query, s.validToken(), mode)
+}
+
+// dialToken opens a WebSocket with token in the Authorization header.
+func (s *testServer) dialToken(query, token string, mode websocket.CompressionMode) *wsClient {
+	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	h := http.Header{"Authorization": {"Bearer " + s.validToken()}}
+	h := http.Header{"Authorization": {"Bearer " + token}}
 	c, resp, err := websocket.Dial(ctx, s.wsURL(query), &websocket.DialOptions{HTTPHeader: h, CompressionMode: mode})
 	if err != nil {
 		body := ""
@@ -231,6 +247,8 @@ type message struct {
 	Seq            int               `json:"seq"`
 	Operations     []json.RawMessage `json:"operations"`
 	InvalidSymbols []string          `json:"invalid_symbols"`
+	Forbidden      []string          `json:"forbidden_symbols"`
+	ExpiresAt      string            `json:"expires_at"`
 	ID             json.RawMessage   `json:"id"`
 	Symbols        []string          `json:"symbols"`
 	Invalid        []string          `json:"invalid"`

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -48,13 +49,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	h := hub.New(store)
 
-	secret := []byte(cfg.JWTSecret)
-	if cfg.DevAuth() {
-		if secret, err = auth.RandomSecret(); err != nil {
-			return err
-		}
+	verifier, err := newVerifier(ctx, cfg, log)
+	if err != nil {
+		return err
 	}
-	verifier := auth.NewVerifier(secret, nil)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -74,8 +72,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		SlowConsumerStalls: cfg.WSCircuitBreaker,
 		Compression:        cfg.WSCompression,
 		ReaderGoroutines:   !cfg.WSEventLoop,
-	}, h, log, m)
-	api, err := server.New(log, store, wss, verifier, m, reg, cfg.WSMaxSymbols)
+		MaxPerUser:         cfg.UserMaxConnections,
+		MessageRate:        cfg.WSMessageRate,
+		Leeway:             cfg.JWTLeeway,
+	}, h, verifier, log, m)
+	api, err := server.New(server.Config{
+		MaxSymbols:     cfg.WSMaxSymbols,
+		AllowedOrigins: cfg.AllowedOrigins,
+		TrustedProxies: cfg.TrustedProxies,
+		HandshakeRate:  cfg.WSHandshakeRatePerIP,
+	}, log, store, wss, verifier, m, reg)
+	if err != nil {
+		return err
+	}
+	tlsConfig, err := loadTLS(cfg)
 	if err != nil {
 		return err
 	}
@@ -86,10 +96,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	httpSrv := &http.Server{
 		Handler:           api.Handler(),
-		ReadHeaderTimeout: 5 * time.Second,
+		ReadHeaderTimeout: cfg.HTTPReadHeaderTimeout,
 		ReadTimeout:       10 * time.Second,
 		IdleTimeout:       60 * time.Second,
-		MaxHeaderBytes:    16 << 10,
+		MaxHeaderBytes:    server.MaxHeaderBytes,
+		TLSConfig:         tlsConfig,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 
@@ -116,10 +127,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	serveErr := make(chan error, 1)
+	if tlsConfig != nil {
+		ln = tls.NewListener(ln, tlsConfig)
+	}
 	go func() { serveErr <- httpSrv.Serve(ln) }()
-	log.Info("listening", "addr", ln.Addr().String(), "instruments", len(instruments), "dev_auth", cfg.DevAuth())
+	log.Info("listening", "addr", ln.Addr().String(), "tls", tlsConfig != nil, "instruments", len(instruments), "dev_auth", cfg.DevAuth())
 	if cfg.DevAuth() {
-		if err := printDemo(stdout, verifier, ln.Addr()); err != nil {
+		if err := printDemo(stdout, verifier, ln.Addr(), tlsConfig != nil); err != nil {
 			return err
 		}
 	}
@@ -169,9 +183,49 @@ func loadInstruments(cfg config.Config) ([]quote.Instrument, error) {
 	return append(list, quote.Synthetic(cfg.SyntheticSymbols)...), nil
 }
 
+// newVerifier builds the token verifier from the configured key source:
+// JWT_SECRET, JWT_PUBLIC_KEY_FILE, JWT_JWKS_URL, or in development mode a
+// random secret. ctx bounds the JWKS refresher.
+func newVerifier(ctx context.Context, cfg config.Config, log *slog.Logger) (*auth.Verifier, error) {
+	o := auth.Options{Secret: []byte(cfg.JWTSecret), JWKSURL: cfg.JWTJWKSURL,
+		Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, Leeway: cfg.JWTLeeway, Logger: log}
+	if cfg.JWTPublicKeyFile != "" {
+		pem, err := os.ReadFile(cfg.JWTPublicKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("JWT_PUBLIC_KEY_FILE: %w", err)
+		}
+		o.PublicKeyPEM = pem
+	}
+	if cfg.DevAuth() {
+		secret, err := auth.RandomSecret()
+		if err != nil {
+			return nil, err
+		}
+		o.Secret = secret
+	}
+	v, err := auth.New(ctx, o)
+	if err != nil {
+		return nil, fmt.Errorf("token verification: %w", err)
+	}
+	return v, nil
+}
+
+// loadTLS reads TLS_CERT_FILE and TLS_KEY_FILE; nil without them.
+func loadTLS(cfg config.Config) (*tls.Config, error) {
+	if !cfg.TLS() {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("TLS_CERT_FILE and TLS_KEY_FILE: %w", err)
+	}
+	// HTTP/1.1 only: WebSocket upgrades need it (RFC 8441 is not served).
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}, nil
+}
+
 // printDemo writes the development token and how to use it. It goes to
 // stdout, never to the logs.
-func printDemo(w io.Writer, v *auth.Verifier, addr net.Addr) error {
+func printDemo(w io.Writer, v *auth.Verifier, addr net.Addr, secure bool) error {
 	token, err := v.Mint("demo", demoTokenTTL)
 	if err != nil {
 		return fmt.Errorf("mint demo token: %w", err)
@@ -182,6 +236,10 @@ func printDemo(w io.Writer, v *auth.Verifier, addr net.Addr) error {
 	}
 	port := addr.(*net.TCPAddr).Port
 	base := net.JoinHostPort(host, fmt.Sprint(port))
+	wsScheme, httpScheme := "ws", "http"
+	if secure {
+		wsScheme, httpScheme = "wss", "https"
+	}
 	_, err = fmt.Fprintf(w, `
 tickstream development mode: JWT_SECRET is not set, so tokens are signed
 with a random secret that lives as long as this process.
@@ -190,12 +248,12 @@ Demo token (sub "demo", valid %s):
   %s
 
 WebSocket:
-  ws://%s/ws/quotes?symbols=AAPL,GOOGL&token=%s
+  %s://%s/ws/quotes?symbols=AAPL,GOOGL&token=%s
 
 REST:
-  curl -H 'Authorization: Bearer %s' 'http://%s/v1/quotes?symbols=AAPL,GOOGL'
+  curl -H 'Authorization: Bearer %s' '%s://%s/v1/quotes?symbols=AAPL,GOOGL'
 
-`, demoTokenTTL, token, base, token, token, base)
+`, demoTokenTTL, token, wsScheme, base, token, token, httpScheme, base)
 	return err
 }
 

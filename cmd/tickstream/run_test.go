@@ -71,6 +71,12 @@ func hdr(auth string) http.Header { return http.Header{"Authorization": {auth}} 
 // the JSON body and the response headers.
 func handshake(t *testing.T, addr, query string, h http.Header, upgrade bool) (int, string, http.Header) {
 	t.Helper()
+	return handshakeVia(t, http.DefaultClient, addr, query, h, upgrade)
+}
+
+// handshakeVia is handshake through client (to set its source address).
+func handshakeVia(t *testing.T, client *http.Client, addr, query string, h http.Header, upgrade bool) (int, string, http.Header) {
+	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/ws/quotes"+query, nil)
 	for k, v := range h {
 		req.Header[k] = v
@@ -81,7 +87,7 @@ func handshake(t *testing.T, addr, query string, h http.Header, upgrade bool) (i
 		req.Header.Set("Sec-WebSocket-Version", "13")
 		req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("handshake: %v", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -120,7 +121,7 @@ func TestVerify(t *testing.T) {
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("got %v, want %v", err, tt.want)
 			}
-			if c != (auth.Claims{}) {
+			if !reflect.DeepEqual(c, auth.Claims{}) {
 				t.Errorf("claims: got %+v, want zero", c)
 			}
 			assertNoTokenIn(t, err, tt.token)
@@ -292,6 +293,107 @@ func TestFromRequest(t *testing.T) {
 			}
 			for _, h := range tt.headers {
 				assertNoTokenIn(t, err, strings.TrimPrefix(h, "Basic "))
+			}
+		})
+	}
+}
+
+// refusalTexts are every error text Verify may return: fixed strings, so
+// that no byte of a token can reach a log line or a client.
+var refusalTexts = map[string]bool{
+	"malformed token": true,
+	"token expired":   true,
+	"invalid token":   true,
+	"invalid token: bad signature or algorithm not allowed":           true,
+	"invalid token: cannot be verified (unknown algorithm or no key)": true,
+	"invalid token: wrong issuer":                                     true,
+	"invalid token: wrong audience":                                   true,
+	"invalid token: exp claim missing":                                true,
+	"invalid token: iss claim missing":                                true,
+	"invalid token: aud claim missing":                                true,
+	"invalid token: sub claim missing":                                true,
+	"invalid token: not valid yet":                                    true,
+	"invalid token: issued in the future":                             true,
+	`invalid token: symbols claim must be "*" or a list of symbols`:   true,
+	"invalid token: symbols claim lists more than 10000 symbols":      true,
+}
+
+// FuzzVerify feeds Verify what a client could send: it must not panic,
+// and must refuse with a sentinel and a fixed text.
+func FuzzVerify(f *testing.F) {
+	exp := testNow.Add(time.Hour).Unix()
+	good, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "u1", "exp": exp, "symbols": []string{"AAPL"}}).SignedString(testSecret)
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, s := range []string{
+		good, "", "a.b.c", "not-a-jwt",
+		handMade(`{"alg":"none"}`, `{"sub":"u1","exp":9999999999}`, ""),
+		handMade(`{"alg":"HS256"}`, `{"sub":"u1","exp":9999999999,"symbols":{"a":1}}`, "c2ln"),
+		handMade(`{"alg":"RS256","kid":"x"}`, `{"sub":"u1","exp":"soon"}`, "c2ln"),
+	} {
+		f.Add(s)
+	}
+	v := newVerifierF(f, auth.Options{Secret: testSecret, Leeway: auth.Leeway})
+	f.Fuzz(func(t *testing.T, token string) {
+		c, err := v.Verify(token)
+		if err == nil {
+			if c.Subject == "" {
+				t.Errorf("accepted %q with no subject", token)
+			}
+			return
+		}
+		if !refusalTexts[err.Error()] {
+			t.Errorf("got error text %q, want one of the fixed refusals", err)
+		}
+		if !errors.Is(err, auth.ErrMalformed) && !errors.Is(err, auth.ErrInvalid) && !errors.Is(err, auth.ErrExpired) {
+			t.Errorf("got %v, want a sentinel", err)
+		}
+	})
+}
+
+// newVerifierF is newVerifier for a fuzz target.
+func newVerifierF(f *testing.F, o auth.Options) *auth.Verifier {
+	f.Helper()
+	o.Now = clock
+	v, err := auth.New(f.Context(), o)
+	if err != nil {
+		f.Fatal(err)
+	}
+	return v
+}
+
+// BenchmarkVerify measures the check every handshake pays, per key type:
+// the parser and its options are built once per Verifier, not per call.
+func BenchmarkVerify(b *testing.B) {
+	k := keys(b)
+	ecPEM, _ := pkixPEM(b, &k.ec256.PublicKey)
+	rsaPEM, _ := pkixPEM(b, &k.rsa.PublicKey)
+	edPEM, _ := pkixPEM(b, k.ed.Public())
+	claims := jwt.MapClaims{"sub": "u1", "exp": testNow.Add(time.Hour).Unix()}
+	cases := []struct {
+		name   string
+		o      auth.Options
+		method jwt.SigningMethod
+		key    any
+	}{
+		{"HS256", auth.Options{Secret: testSecret}, jwt.SigningMethodHS256, testSecret},
+		{"RS256", auth.Options{PublicKeyPEM: rsaPEM}, jwt.SigningMethodRS256, k.rsa},
+		{"ES256", auth.Options{PublicKeyPEM: ecPEM}, jwt.SigningMethodES256, k.ec256},
+		{"EdDSA", auth.Options{PublicKeyPEM: edPEM}, jwt.SigningMethodEdDSA, k.ed},
+	}
+	for _, bc := range cases {
+		b.Run(bc.name, func(b *testing.B) {
+			v := newVerifier(b, bc.o)
+			token, err := jwt.NewWithClaims(bc.method, claims).SignedString(bc.key)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := v.Verify(token); err != nil {
+					b.Fatal(err)
+				}
 			}
 		})
 	}

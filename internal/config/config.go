@@ -10,6 +10,8 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -82,11 +84,63 @@ type Config struct {
 	LogLevel slog.Level
 	// LogFormat (LOG_FORMAT, default "json") is "json" or "text".
 	LogFormat string
+
+	// Security settings. At most one of JWTSecret, JWTPublicKeyFile and
+	// JWTJWKSURL is set; none means development mode.
+
+	// JWTPublicKeyFile (JWT_PUBLIC_KEY_FILE, default "") is a PEM public key
+	// (RSA, ECDSA P-256/P-384 or Ed25519) that verifies RS*, ES256/ES384 or
+	// EdDSA tokens. When set it must be a file.
+	JWTPublicKeyFile string
+	// JWTJWKSURL (JWT_JWKS_URL, default "") is an http(s) URL of a JSON Web
+	// Key Set, fetched at start, cached, and refetched for an unknown kid.
+	JWTJWKSURL string
+	// JWTIssuer (JWT_ISSUER, default "") is the iss every token must carry;
+	// empty means not checked.
+	JWTIssuer string
+	// JWTAudience (JWT_AUDIENCE, default "") must be among a token's aud;
+	// empty means not checked.
+	JWTAudience string
+	// JWTLeeway (JWT_LEEWAY, default 30s) is the clock skew tolerated on
+	// exp, nbf and iat, at the handshake and for live expiry; 0 to 10m.
+	JWTLeeway time.Duration
+	// AllowedOrigins (ALLOWED_ORIGINS, default "": the server's own host
+	// only) lists the Origins, such as https://app.example.com, whose
+	// browser pages may open a WebSocket; "*" allows any. Requests without
+	// Origin (non-browser clients) are always allowed.
+	AllowedOrigins []string
+	// TrustedProxies (TRUSTED_PROXIES, default "") lists CIDRs of reverse
+	// proxies whose X-Forwarded-For names the client, for per-IP limits.
+	TrustedProxies []netip.Prefix
+	// UserMaxConnections (USER_MAX_CONNECTIONS, default 10) caps the open
+	// connections of one token subject on this instance; beyond it 429.
+	UserMaxConnections int
+	// WSHandshakeRatePerIP (WS_HANDSHAKE_RATE_PER_IP, default 20) is the
+	// WebSocket handshakes per second one client IP may make, with a burst
+	// of twice that; beyond it 429 with Retry-After. 0 turns it off.
+	WSHandshakeRatePerIP float64
+	// WSMessageRate (WS_MESSAGE_RATE, default 10) is the client messages per
+	// second one connection may send, with a burst of twice that; beyond it
+	// an error rate_limited, and close 4029 if the flood goes on.
+	WSMessageRate float64
+	// TLSCertFile and TLSKeyFile (TLS_CERT_FILE, TLS_KEY_FILE, default "")
+	// are a PEM certificate chain and its key: when both are set the
+	// server speaks https:// and wss:// itself. Set both or neither.
+	TLSCertFile, TLSKeyFile string
+	// HTTPReadHeaderTimeout (HTTP_READ_HEADER_TIMEOUT, default 5s) is how
+	// long a client may take to send its request headers, so that slow
+	// senders (slowloris) cannot hold connections open; 100ms to 1m.
+	HTTPReadHeaderTimeout time.Duration
 }
 
 // DevAuth reports whether tokens are signed with a random development
-// secret (no JWT_SECRET).
-func (c Config) DevAuth() bool { return c.JWTSecret == "" }
+// secret: no JWT_SECRET, JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL.
+func (c Config) DevAuth() bool {
+	return c.JWTSecret == "" && c.JWTPublicKeyFile == "" && c.JWTJWKSURL == ""
+}
+
+// TLS reports whether the server serves TLS itself.
+func (c Config) TLS() bool { return c.TLSCertFile != "" }
 
 // Error is an invalid setting or a command-line mistake. It is its own type
 // so main can tell a usage problem (exit 2) from a failure to run. It names
@@ -150,21 +204,7 @@ func settings() []setting {
 			c.SimUpdate = v
 			return nil
 		}},
-		{"INSTRUMENTS_FILE", "", "CSV with header symbol,name,type,base_price,volume,market_cap (empty: 20 built-in instruments)", false, func(c *Config, v string) error {
-			if v != "" {
-				fi, err := os.Stat(v)
-				switch {
-				case errors.Is(err, fs.ErrNotExist):
-					return errors.New("no such file")
-				case err != nil:
-					return errors.New("cannot stat the file")
-				case fi.IsDir():
-					return errors.New("is a directory")
-				}
-			}
-			c.InstrumentsFile = v
-			return nil
-		}},
+		{"INSTRUMENTS_FILE", "", "CSV with header symbol,name,type,base_price,volume,market_cap (empty: 20 built-in instruments)", false, file(func(c *Config) *string { return &c.InstrumentsFile })},
 		{"SYNTHETIC_SYMBOLS", "0", "generated instruments SYN00001... added for load tests, 0 to 100000", false, integer(0, 100_000, func(c *Config) *int { return &c.SyntheticSymbols })},
 		{"WS_MAX_CONNECTIONS", "10000", "open WebSocket connections; beyond it handshakes get 503", false, integer(1, 1_000_000, func(c *Config) *int { return &c.WSMaxConnections })},
 		{"WS_MAX_SYMBOLS", "100", "symbols per connection", false, integer(1, 10_000, func(c *Config) *int { return &c.WSMaxSymbols })},
@@ -208,7 +248,131 @@ func settings() []setting {
 			c.LogFormat = v
 			return nil
 		}},
+		{"JWT_PUBLIC_KEY_FILE", "", "PEM public key (RSA, ECDSA P-256/P-384, Ed25519) verifying RS256/384/512, ES256/384 or EdDSA tokens", false, file(func(c *Config) *string { return &c.JWTPublicKeyFile })},
+		{"JWT_JWKS_URL", "", "URL of a JSON Web Key Set; keys are cached and refetched for an unknown kid", false, func(c *Config, v string) error {
+			if v != "" {
+				u, err := url.Parse(v)
+				if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+					return errors.New("must be an http:// or https:// URL")
+				}
+			}
+			c.JWTJWKSURL = v
+			return nil
+		}},
+		{"JWT_ISSUER", "", "required iss claim (empty: not checked)", false, func(c *Config, v string) error { c.JWTIssuer = v; return nil }},
+		{"JWT_AUDIENCE", "", "required aud claim (empty: not checked)", false, func(c *Config, v string) error { c.JWTAudience = v; return nil }},
+		{"JWT_LEEWAY", "30s", "clock skew tolerated on exp, nbf and iat, 0 to 10m", false, duration(0, 10*time.Minute, func(c *Config) *time.Duration { return &c.JWTLeeway })},
+		{"ALLOWED_ORIGINS", "", "comma-separated Origins (scheme://host[:port]) allowed to open WebSockets from a browser; * allows any (empty: the server's own host only)", false, func(c *Config, v string) error {
+			origins, err := parseOrigins(v)
+			c.AllowedOrigins = origins
+			return err
+		}},
+		{"TRUSTED_PROXIES", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For gives the client IP (empty: none)", false, func(c *Config, v string) error {
+			var err error
+			c.TrustedProxies, err = parsePrefixes(v)
+			return err
+		}},
+		{"USER_MAX_CONNECTIONS", "10", "open connections per token subject on this instance; beyond it 429", false, integer(1, 1_000_000, func(c *Config) *int { return &c.UserMaxConnections })},
+		{"WS_HANDSHAKE_RATE_PER_IP", "20", "WebSocket handshakes per second per client IP, burst twice that; beyond it 429 (0: off)", false, rate(func(c *Config) *float64 { return &c.WSHandshakeRatePerIP })},
+		{"WS_MESSAGE_RATE", "10", "client messages per second per connection, burst twice that; beyond it error rate_limited, then close 4029", false, rate(func(c *Config) *float64 { return &c.WSMessageRate })},
+		{"TLS_CERT_FILE", "", "PEM certificate chain: with TLS_KEY_FILE the server serves https:// and wss://", false, file(func(c *Config) *string { return &c.TLSCertFile })},
+		{"TLS_KEY_FILE", "", "PEM private key of TLS_CERT_FILE", false, file(func(c *Config) *string { return &c.TLSKeyFile })},
+		{"HTTP_READ_HEADER_TIMEOUT", "5s", "time a client has to send its request headers (slowloris), 100ms to 1m", false, duration(100*time.Millisecond, time.Minute, func(c *Config) *time.Duration { return &c.HTTPReadHeaderTimeout })},
 	}
+}
+
+// file takes a path that must name an existing regular file, or empty.
+func file(field func(*Config) *string) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		if v != "" {
+			fi, err := os.Stat(v)
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				return errors.New("no such file")
+			case err != nil:
+				return errors.New("cannot stat the file")
+			case fi.IsDir():
+				return errors.New("is a directory")
+			}
+		}
+		*field(c) = v
+		return nil
+	}
+}
+
+// rate parses a rate per second from 0 to 1,000,000 into the field.
+func rate(field func(*Config) *float64) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || !(f >= 0 && f <= 1_000_000) {
+			return errors.New("must be a number from 0 to 1000000")
+		}
+		*field(c) = f
+		return nil
+	}
+}
+
+// parseOrigins checks a comma-separated list of scheme://host[:port]
+// origins and lower-cases them, as browsers send them.
+func parseOrigins(v string) ([]string, error) {
+	var out []string
+	for o := range strings.SplitSeq(v, ",") {
+		o = strings.ToLower(strings.TrimSpace(o))
+		if o == "" {
+			continue
+		}
+		if o != "*" {
+			u, err := url.Parse(o)
+			if err != nil || u.Scheme == "" || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.User != nil {
+				return nil, fmt.Errorf("%q is not an origin such as https://app.example.com", o)
+			}
+		}
+		out = append(out, o)
+	}
+	return out, nil
+}
+
+// parsePrefixes reads comma-separated CIDRs; a bare address is one host.
+func parsePrefixes(v string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for p := range strings.SplitSeq(v, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		if !strings.Contains(p, "/") {
+			a, err := netip.ParseAddr(p)
+			if err != nil {
+				return nil, fmt.Errorf("%q is not an IP address or CIDR", p)
+			}
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+			continue
+		}
+		pf, err := netip.ParsePrefix(p)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not an IP address or CIDR", p)
+		}
+		out = append(out, pf.Masked())
+	}
+	return out, nil
+}
+
+// check validates settings that depend on each other, after every variable
+// has been read.
+func (c Config) check() error {
+	keys := 0
+	for _, k := range []string{c.JWTSecret, c.JWTPublicKeyFile, c.JWTJWKSURL} {
+		if k != "" {
+			keys++
+		}
+	}
+	switch {
+	case keys > 1:
+		return &Error{Var: "JWT_SECRET, JWT_PUBLIC_KEY_FILE and JWT_JWKS_URL", Reason: "set at most one key source"}
+	case (c.TLSCertFile == "") != (c.TLSKeyFile == ""):
+		return &Error{Var: "TLS_CERT_FILE and TLS_KEY_FILE", Reason: "set both or neither"}
+	}
+	return nil
 }
 
 // duration parses a time.Duration of at least min and, when max > 0, at
@@ -311,6 +475,9 @@ func Load(args []string, getenv func(string) string, usageOut io.Writer) (Config
 		if err := s.set(&c, strings.TrimSpace(v)); err != nil {
 			return Config{}, &Error{Var: src, Value: v, Reason: err.Error()}
 		}
+	}
+	if err := c.check(); err != nil {
+		return Config{}, err
 	}
 	return c, nil
 }

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"flag"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -35,6 +37,19 @@ var allVars = []struct{ env, flag, def string }{
 	{"DEBUG_ADDR", "-debug-addr", `""`},
 	{"LOG_LEVEL", "-log-level", "info"},
 	{"LOG_FORMAT", "-log-format", "json"},
+	{"JWT_PUBLIC_KEY_FILE", "-jwt-public-key-file", `""`},
+	{"JWT_JWKS_URL", "-jwt-jwks-url", `""`},
+	{"JWT_ISSUER", "-jwt-issuer", `""`},
+	{"JWT_AUDIENCE", "-jwt-audience", `""`},
+	{"JWT_LEEWAY", "-jwt-leeway", "30s"},
+	{"ALLOWED_ORIGINS", "-allowed-origins", `""`},
+	{"TRUSTED_PROXIES", "-trusted-proxies", `""`},
+	{"USER_MAX_CONNECTIONS", "-user-max-connections", "10"},
+	{"WS_HANDSHAKE_RATE_PER_IP", "-ws-handshake-rate-per-ip", "20"},
+	{"WS_MESSAGE_RATE", "-ws-message-rate", "10"},
+	{"TLS_CERT_FILE", "-tls-cert-file", `""`},
+	{"TLS_KEY_FILE", "-tls-key-file", `""`},
+	{"HTTP_READ_HEADER_TIMEOUT", "-http-read-header-timeout", "5s"},
 }
 
 const goodSecret = "0123456789abcdef0123456789abcdef" // 32 bytes
@@ -58,6 +73,11 @@ func defaults() config.Config {
 		ShutdownTimeout:         10 * time.Second,
 		LogLevel:                slog.LevelInfo,
 		LogFormat:               "json",
+		JWTLeeway:               30 * time.Second,
+		UserMaxConnections:      10,
+		WSHandshakeRatePerIP:    20,
+		WSMessageRate:           10,
+		HTTPReadHeaderTimeout:   5 * time.Second,
 	}
 }
 
@@ -113,6 +133,27 @@ func TestLoad(t *testing.T) {
 		},
 		{"an empty flag overrides the environment", []string{"-instruments-file="}, map[string]string{"INSTRUMENTS_FILE": "/no/such/file"}, func(*config.Config) {}},
 		{"flag alone", []string{"-http-addr", "[::1]:0"}, nil, func(c *config.Config) { c.HTTPAddr = "[::1]:0" }},
+		{
+			"security settings",
+			nil,
+			map[string]string{
+				"JWT_PUBLIC_KEY_FILE": instruments, "JWT_ISSUER": "https://id.example.com/", "JWT_AUDIENCE": "tickstream",
+				"JWT_LEEWAY": "0s", "ALLOWED_ORIGINS": " https://App.example.com , http://localhost:3000,",
+				"TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1,::1", "USER_MAX_CONNECTIONS": "3",
+				"WS_HANDSHAKE_RATE_PER_IP": "0", "WS_MESSAGE_RATE": "2.5",
+				"TLS_CERT_FILE": instruments, "TLS_KEY_FILE": instruments,
+			},
+			func(c *config.Config) {
+				c.JWTPublicKeyFile, c.JWTIssuer, c.JWTAudience, c.JWTLeeway = instruments, "https://id.example.com/", "tickstream", 0
+				c.AllowedOrigins = []string{"https://app.example.com", "http://localhost:3000"}
+				c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("::1/128")}
+				c.UserMaxConnections, c.WSHandshakeRatePerIP, c.WSMessageRate = 3, 0, 2.5
+				c.TLSCertFile, c.TLSKeyFile = instruments, instruments
+			},
+		},
+		{"JWKS URL and any origin", nil, map[string]string{"JWT_JWKS_URL": "https://id.example.com/.well-known/jwks.json", "ALLOWED_ORIGINS": "*"}, func(c *config.Config) {
+			c.JWTJWKSURL, c.AllowedOrigins = "https://id.example.com/.well-known/jwks.json", []string{"*"}
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -122,7 +163,7 @@ func TestLoad(t *testing.T) {
 			}
 			want := defaults()
 			tt.want(&want)
-			if got != want {
+			if !reflect.DeepEqual(got, want) {
 				t.Errorf("got  %+v\nwant %+v", got, want)
 			}
 		})
@@ -197,6 +238,21 @@ func TestInvalid(t *testing.T) {
 		{"flag without its value", []string{"-http-addr"}, nil, "-http-addr"},
 		{"bad flag syntax", []string{"---x"}, nil, "---x"},
 		{"positional argument", []string{"serve"}, nil, "command line"},
+		{"public key file missing", nil, map[string]string{"JWT_PUBLIC_KEY_FILE": "/no/such/key.pem"}, "JWT_PUBLIC_KEY_FILE"},
+		{"JWKS URL without scheme", nil, map[string]string{"JWT_JWKS_URL": "id.example.com/jwks.json"}, "JWT_JWKS_URL"},
+		{"JWKS URL of another scheme", nil, map[string]string{"JWT_JWKS_URL": "file:///etc/jwks.json"}, "JWT_JWKS_URL"},
+		{"two key sources", nil, map[string]string{"JWT_SECRET": goodSecret, "JWT_JWKS_URL": "https://id.example.com/jwks"}, "JWT_SECRET, JWT_PUBLIC_KEY_FILE and JWT_JWKS_URL"},
+		{"leeway negative", nil, map[string]string{"JWT_LEEWAY": "-1s"}, "JWT_LEEWAY"},
+		{"leeway too long", nil, map[string]string{"JWT_LEEWAY": "11m"}, "JWT_LEEWAY"},
+		{"origin without scheme", nil, map[string]string{"ALLOWED_ORIGINS": "app.example.com"}, "ALLOWED_ORIGINS"},
+		{"origin with a path", nil, map[string]string{"ALLOWED_ORIGINS": "https://app.example.com/page"}, "ALLOWED_ORIGINS"},
+		{"proxy not an address", nil, map[string]string{"TRUSTED_PROXIES": "proxy.local"}, "TRUSTED_PROXIES"},
+		{"proxy bad CIDR", nil, map[string]string{"TRUSTED_PROXIES": "10.0.0.0/33"}, "TRUSTED_PROXIES"},
+		{"user connections zero", nil, map[string]string{"USER_MAX_CONNECTIONS": "0"}, "USER_MAX_CONNECTIONS"},
+		{"handshake rate negative", nil, map[string]string{"WS_HANDSHAKE_RATE_PER_IP": "-1"}, "WS_HANDSHAKE_RATE_PER_IP"},
+		{"message rate NaN", nil, map[string]string{"WS_MESSAGE_RATE": "NaN"}, "WS_MESSAGE_RATE"},
+		{"read header timeout too short", nil, map[string]string{"HTTP_READ_HEADER_TIMEOUT": "10ms"}, "HTTP_READ_HEADER_TIMEOUT"},
+		{"TLS cert without key", nil, map[string]string{"TLS_CERT_FILE": "/etc/hostname"}, "TLS_CERT_FILE and TLS_KEY_FILE"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

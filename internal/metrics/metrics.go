@@ -9,6 +9,8 @@ import "github.com/prometheus/client_golang/prometheus"
 type Metrics struct {
 	Connections      prometheus.Gauge
 	Handshakes       *prometheus.CounterVec // by result: "accepted", "upgrade_failed" or the HTTP status of the rejection
+	Rejections       *prometheus.CounterVec // refused HTTP requests by error code
+	RateLimited      prometheus.Counter     // client messages refused by WS_MESSAGE_RATE
 	MessagesSent     prometheus.Counter
 	BytesSent        prometheus.Counter
 	MessagesReceived prometheus.Counter
@@ -41,6 +43,11 @@ func New(reg prometheus.Registerer, g Gauges) *Metrics {
 		Handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tickstream_handshakes_total", Help: "WebSocket handshakes by result: accepted, upgrade_failed, or the HTTP status of the rejection."},
 			[]string{"result"}),
+		Rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tickstream_rejections_total", Help: "Refused requests (handshakes and REST) by the error code of their JSON body, such as invalid_token or forbidden_origin."},
+			[]string{"code"}),
+		RateLimited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tickstream_rate_limited_messages_total", Help: "Client messages and pings refused because the connection exceeded WS_MESSAGE_RATE."}),
 		MessagesSent: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tickstream_messages_sent_total", Help: "WebSocket messages sent to clients."}),
 		BytesSent: prometheus.NewCounter(prometheus.CounterOpts{
@@ -75,7 +82,7 @@ func New(reg prometheus.Registerer, g Gauges) *Metrics {
 		IdleConnections: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tickstream_connections_idle", Help: "Open connections subscribed to no symbol; the others are active."}, g.IdleConnections),
 	}
-	reg.MustRegister(m.Connections, m.Handshakes, m.MessagesSent, m.BytesSent, m.MessagesReceived,
+	reg.MustRegister(m.Connections, m.Handshakes, m.Rejections, m.RateLimited, m.MessagesSent, m.BytesSent, m.MessagesReceived,
 		m.BytesReceived, m.UpdatesDelivered, m.ConflatedUpdates, m.Closes, m.WriteTimeouts, m.SlowConsumers, m.FanoutLatency, m.Ticks, m.SymbolsMoved,
 		m.Subscriptions, m.ActiveSymbols, m.IdleConnections)
 	return m

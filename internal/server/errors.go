@@ -23,22 +23,43 @@ const (
 	codeShuttingDown   = "shutting_down"
 	codeNotFound       = "not_found"
 	codeMethod         = "method_not_allowed"
+	// Issue 5: security.
+	codeForbiddenOrigin  = "forbidden_origin"
+	codeForbiddenSymbols = "forbidden_symbols"
+	codeRateLimited      = "rate_limited"
+	codeUserLimit        = "too_many_connections"
+	codeURITooLong       = "uri_too_long"
+	codeHeadersTooLarge  = "headers_too_large"
 )
 
-// retryAfter is the Retry-After, in seconds, of every 503.
+// retryAfter is the Retry-After, in seconds, of every 503 and of the 429
+// for too many connections of one user.
 const retryAfter = 5
 
-// apiError is a rejection: an HTTP status with a machine-readable code.
+// apiError is a rejection: an HTTP status with a machine-readable code, and
+// for some a Retry-After in seconds.
 type apiError struct {
 	status  int
 	code    string
 	message string
+	retry   int
 }
 
 func (e *apiError) Error() string { return e.code + ": " + e.message }
 
+// reject makes an apiError.
+func reject(status int, code, message string) *apiError {
+	return &apiError{status: status, code: code, message: message}
+}
+
+// after sets the Retry-After seconds.
+func (e *apiError) after(seconds int) *apiError {
+	e.retry = seconds
+	return e
+}
+
 func badRequest(code, message string) *apiError {
-	return &apiError{http.StatusBadRequest, code, message}
+	return reject(http.StatusBadRequest, code, message)
 }
 
 // toAPIError maps every error a handler can meet onto its status and code:
@@ -49,27 +70,29 @@ func toAPIError(err error) *apiError {
 	case errors.As(err, &ae):
 		return ae
 	case errors.Is(err, auth.ErrMissing):
-		return &apiError{http.StatusUnauthorized, codeMissingToken, "a token is required: Authorization: Bearer <JWT>, or ?token=<JWT>"}
+		return reject(http.StatusUnauthorized, codeMissingToken, "a token is required: Authorization: Bearer <JWT>, or ?token=<JWT>")
 	case errors.Is(err, auth.ErrMalformed):
-		return &apiError{http.StatusUnauthorized, codeMalformedToken, "the token is not a well-formed JWT, or the Authorization header is not Bearer"}
+		return reject(http.StatusUnauthorized, codeMalformedToken, "the token is not a well-formed JWT, or the Authorization header is not Bearer")
 	case errors.Is(err, auth.ErrExpired):
-		return &apiError{http.StatusUnauthorized, codeTokenExpired, "the token has expired"}
+		return reject(http.StatusUnauthorized, codeTokenExpired, "the token has expired")
 	case errors.Is(err, auth.ErrInvalid):
-		return &apiError{http.StatusUnauthorized, codeInvalidToken, "the token's signature, algorithm or claims are not accepted"}
+		return reject(http.StatusUnauthorized, codeInvalidToken, "the token's signature, algorithm or claims are not accepted")
 	case errors.Is(err, ws.ErrFull):
-		return &apiError{http.StatusServiceUnavailable, codeServerFull, "the server holds its maximum number of connections; retry later"}
+		return reject(http.StatusServiceUnavailable, codeServerFull, "the server holds its maximum number of connections; retry later").after(retryAfter)
 	case errors.Is(err, ws.ErrDraining):
-		return &apiError{http.StatusServiceUnavailable, codeShuttingDown, "the server is shutting down; retry on another instance or later"}
+		return reject(http.StatusServiceUnavailable, codeShuttingDown, "the server is shutting down; retry on another instance or later").after(retryAfter)
+	case errors.Is(err, ws.ErrUserLimit):
+		return reject(http.StatusTooManyRequests, codeUserLimit, "this user holds the maximum number of connections on this server (USER_MAX_CONNECTIONS); close one first").after(retryAfter)
 	}
-	return &apiError{http.StatusInternalServerError, "internal", "internal error"}
+	return reject(http.StatusInternalServerError, "internal", "internal error")
 }
 
 // writeError answers with err's status and the JSON body
 // {"error":{"code":"...","message":"..."}}.
 func writeError(w http.ResponseWriter, err error) *apiError {
 	ae := toAPIError(err)
-	if ae.status == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
+	if ae.retry > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(ae.retry))
 	}
 	if ae.status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="tickstream"`)

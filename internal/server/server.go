@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -22,6 +24,15 @@ import (
 // maxRESTSymbols bounds the symbols of one /v1/quotes request.
 const maxRESTSymbols = 1000
 
+// Config holds the handshake's limits.
+type Config struct {
+	MaxSymbols     int            // WS_MAX_SYMBOLS
+	AllowedOrigins []string       // ALLOWED_ORIGINS; empty: the server's own host
+	TrustedProxies []netip.Prefix // TRUSTED_PROXIES
+	HandshakeRate  float64        // WS_HANDSHAKE_RATE_PER_IP; 0: unlimited
+	Now            func() time.Time
+}
+
 // Server routes HTTP requests.
 type Server struct {
 	log         *slog.Logger
@@ -30,13 +41,14 @@ type Server struct {
 	verifier    *auth.Verifier
 	m           *metrics.Metrics
 	gatherer    prometheus.Gatherer
-	maxSymbols  int
-	instruments []byte // the /v1/instruments body, encoded once
+	cfg         Config
+	perIP       *ipLimiter // nil when HandshakeRate is 0
+	instruments []byte     // the /v1/instruments body, encoded once
 }
 
-// New returns the HTTP server's handler set. maxSymbols is WS_MAX_SYMBOLS.
-func New(log *slog.Logger, store *quote.Store, wss *ws.Server, verifier *auth.Verifier,
-	m *metrics.Metrics, gatherer prometheus.Gatherer, maxSymbols int) (*Server, error) {
+// New returns the HTTP server's handler set.
+func New(cfg Config, log *slog.Logger, store *quote.Store, wss *ws.Server, verifier *auth.Verifier,
+	m *metrics.Metrics, gatherer prometheus.Gatherer) (*Server, error) {
 	list := make([]quote.Instrument, 0, len(store.Entries()))
 	for _, e := range store.Entries() {
 		list = append(list, e.Instrument)
@@ -45,8 +57,12 @@ func New(log *slog.Logger, store *quote.Store, wss *ws.Server, verifier *auth.Ve
 	if err != nil {
 		return nil, fmt.Errorf("encode instruments: %w", err)
 	}
-	return &Server{log: log, store: store, ws: wss, verifier: verifier, m: m,
-		gatherer: gatherer, maxSymbols: maxSymbols, instruments: body}, nil
+	s := &Server{log: log, store: store, ws: wss, verifier: verifier, m: m,
+		gatherer: gatherer, cfg: cfg, instruments: body}
+	if cfg.HandshakeRate > 0 {
+		s.perIP = newIPLimiter(cfg.HandshakeRate, cfg.Now)
+	}
+	return s, nil
 }
 
 // Handler returns the routes.
@@ -61,27 +77,40 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /readyz", s.handleReady)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, &apiError{http.StatusNotFound, codeNotFound, "no such endpoint"})
+		s.refuse(w, r, reject(http.StatusNotFound, codeNotFound, "no such endpoint"))
 	})
-	return methodGuard(mux)
+	return s.guard(mux)
 }
 
-// methodGuard answers 405 with a JSON body for the known paths when the
-// method is not GET or HEAD.
-func methodGuard(next http.Handler) http.Handler {
+// guard refuses, with a JSON body, oversized requests and methods other
+// than GET or HEAD (405), before any route reads them.
+func (s *Server) guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := checkSize(r); err != nil {
+			s.refuse(w, r, err)
+			return
+		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
-			writeError(w, &apiError{http.StatusMethodNotAllowed, codeMethod, "only GET is supported"})
+			s.refuse(w, r, reject(http.StatusMethodNotAllowed, codeMethod, "only GET is supported"))
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
 }
 
-// handleWS runs every handshake check before the upgrade, in this order:
-// draining (503), token (401), upgrade headers (400), symbols (400),
-// capacity (503).
+// refuse answers err and counts it; it returns the answer.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, err error) *apiError {
+	ae := writeError(w, err)
+	s.m.Rejections.WithLabelValues(ae.code).Inc()
+	s.log.Debug("request refused", "status", ae.status, "code", ae.code, "remote", r.RemoteAddr, "path", r.URL.Path)
+	return ae
+}
+
+// handleWS runs every handshake check before the upgrade, cheapest first:
+// draining (503), handshake rate per IP (429), Origin (403), token (401),
+// upgrade headers (400), symbols (400), entitlements (403), connections of
+// the user (429), capacity (503).
 func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	p, err := s.checkHandshake(r)
 	if err == nil {
@@ -90,20 +119,27 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 			s.m.Handshakes.WithLabelValues("accepted").Inc()
 			return
 		}
-		if !errors.Is(err, ws.ErrFull) && !errors.Is(err, ws.ErrDraining) {
+		if !errors.Is(err, ws.ErrFull) && !errors.Is(err, ws.ErrDraining) && !errors.Is(err, ws.ErrUserLimit) {
 			s.log.Debug("upgrade failed", "err", err, "remote", r.RemoteAddr)
 			s.m.Handshakes.WithLabelValues("upgrade_failed").Inc()
 			return // the connection was hijacked: nothing more to write
 		}
 	}
-	ae := writeError(w, err)
+	ae := s.refuse(w, r, err)
 	s.m.Handshakes.WithLabelValues(fmt.Sprint(ae.status)).Inc()
-	s.log.Debug("handshake rejected", "status", ae.status, "code", ae.code, "remote", r.RemoteAddr)
 }
 
 func (s *Server) checkHandshake(r *http.Request) (ws.Params, error) {
 	if s.ws.Draining() {
 		return ws.Params{}, ws.ErrDraining
+	}
+	if s.perIP != nil {
+		if d := s.perIP.wait(clientIP(r, s.cfg.TrustedProxies)); d > 0 {
+			return ws.Params{}, tooFast(d)
+		}
+	}
+	if err := checkOrigin(r, s.cfg.AllowedOrigins); err != nil {
+		return ws.Params{}, err
 	}
 	claims, err := s.authenticate(r)
 	if err != nil {
@@ -112,11 +148,16 @@ func (s *Server) checkHandshake(r *http.Request) (ws.Params, error) {
 	if err := ws.CheckUpgrade(r); err != nil {
 		return ws.Params{}, badRequest(codeNotWebSocket, "not a WebSocket upgrade: "+err.Error())
 	}
-	entries, invalid, err := s.symbols(r, s.maxSymbols)
+	entries, invalid, err := s.symbols(r, s.cfg.MaxSymbols)
 	if err != nil {
 		return ws.Params{}, err
 	}
-	return ws.Params{Subject: claims.Subject, Entries: entries, Invalid: invalid}, nil
+	entries, forbidden := ws.Entitled(claims, entries)
+	if len(entries) == 0 && len(forbidden) > 0 {
+		return ws.Params{}, reject(http.StatusForbidden, codeForbiddenSymbols,
+			fmt.Sprintf("the token does not entitle any of the %d requested symbols", len(forbidden)))
+	}
+	return ws.Params{Claims: claims, Entries: entries, Invalid: invalid, Forbidden: forbidden}, nil
 }
 
 func (s *Server) authenticate(r *http.Request) (auth.Claims, error) {
@@ -127,13 +168,14 @@ func (s *Server) authenticate(r *http.Request) (auth.Claims, error) {
 	return s.verifier.Verify(token)
 }
 
-func (s *Server) authenticated(next http.HandlerFunc) http.HandlerFunc {
+func (s *Server) authenticated(next func(http.ResponseWriter, *http.Request, auth.Claims)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if _, err := s.authenticate(r); err != nil {
-			writeError(w, err)
+		claims, err := s.authenticate(r)
+		if err != nil {
+			s.refuse(w, r, err)
 			return
 		}
-		next(w, r)
+		next(w, r, claims)
 	}
 }
 
@@ -158,15 +200,23 @@ func (s *Server) symbols(r *http.Request, max int) ([]*quote.Entry, []string, er
 
 // handleQuotes answers {"quotes":{SYMBOL: quote}} in the shape the patches
 // build, from the quotes' shared JSON. Without symbols it returns every
-// quote; unknown symbols are listed in invalid_symbols.
-func (s *Server) handleQuotes(w http.ResponseWriter, r *http.Request) {
+// quote the token entitles; unknown symbols are listed in invalid_symbols,
+// symbols the token does not entitle in forbidden_symbols.
+func (s *Server) handleQuotes(w http.ResponseWriter, r *http.Request, claims auth.Claims) {
 	entries, invalid, err := s.symbols(r, maxRESTSymbols)
 	if err != nil {
-		writeError(w, err)
+		s.refuse(w, r, err)
 		return
 	}
-	if entries == nil {
+	requested := entries != nil
+	if !requested {
 		entries = s.store.Entries()
+	}
+	entries, forbidden := ws.Entitled(claims, entries)
+	if requested && len(entries) == 0 {
+		s.refuse(w, r, reject(http.StatusForbidden, codeForbiddenSymbols,
+			fmt.Sprintf("the token does not entitle any of the %d requested symbols", len(forbidden))))
+		return
 	}
 	b := make([]byte, 0, 64+len(entries)*320)
 	b = append(b, `{"quotes":{`...)
@@ -184,11 +234,16 @@ func (s *Server) handleQuotes(w http.ResponseWriter, r *http.Request) {
 		b = append(b, `,"invalid_symbols":`...)
 		b = append(b, inv...)
 	}
+	if requested && len(forbidden) > 0 {
+		forb, _ := json.Marshal(forbidden)
+		b = append(b, `,"forbidden_symbols":`...)
+		b = append(b, forb...)
+	}
 	b = append(b, '}')
 	writeBody(w, http.StatusOK, b)
 }
 
-func (s *Server) handleInstruments(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) handleInstruments(w http.ResponseWriter, _ *http.Request, _ auth.Claims) {
 	writeBody(w, http.StatusOK, s.instruments)
 }
 

@@ -24,7 +24,7 @@ func BenchmarkBuildPatch(b *testing.B) {
 	h := hub.New(store)
 	zero := func() float64 { return 0 }
 	m := metrics.New(prometheus.NewRegistry(), metrics.Gauges{Subscriptions: zero, ActiveSymbols: zero, IdleConnections: zero})
-	s := NewServer(Config{}, h, slog.New(slog.NewTextHandler(io.Discard, nil)), m)
+	s := NewServer(Config{}, h, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), m)
 	es := store.Entries()[:5]
 	conns := make([]*conn, 1000)
 	buf := make([]byte, 0, 4096)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net"
 	"strconv"
@@ -12,7 +13,9 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"golang.org/x/time/rate"
 
+	"github.com/tickstream/tickstream/internal/auth"
 	"github.com/tickstream/tickstream/internal/hub"
 )
 
@@ -21,12 +24,13 @@ import (
 // goroutine exists only while there is something to send (see kick). One
 // timer per connection drives pings and the idle timeout.
 type conn struct {
-	srv *Server
-	nc  net.Conn
-	id  uint64
-	who string // the token's subject and the remote address, for logs
-	sub *hub.Subscriber
-	fr  frameReader
+	srv  *Server
+	nc   net.Conn
+	id   uint64
+	user string // the token's subject: refreshed tokens must name the same
+	who  string // user and remote address, for logs
+	sub  *hub.Subscriber
+	fr   frameReader
 	// deflate compresses quotes_patch messages; nil without
 	// permessage-deflate. Used under mu (by buildPatch's caller).
 	deflate *deflater
@@ -40,14 +44,22 @@ type conn struct {
 	awaitingPong atomic.Bool
 	peerClosed   atomic.Bool // the client's close frame arrived
 
-	mu       sync.Mutex // guards the fields below
-	out      [][]byte   // frames for the writer: replies, pongs, pings
-	seq      uint64     // seq of the last quotes_patch sent
-	invalid  []string   // handshake symbols not served; reported in the snapshot
-	holds    int        // while > 0 the reader is between a subscribe and its ack: no patch is built
-	closing  []byte     // close frame to send; once set nothing else is sent
-	timer    *time.Timer
-	nextPing time.Time
+	// Owned by the reader (one at a time): the client's message budget
+	// (nil: unlimited) and the messages refused since it was last full.
+	limiter *rate.Limiter
+	strikes int
+
+	mu        sync.Mutex  // guards the fields below
+	out       [][]byte    // frames for the writer: replies, pongs, pings
+	seq       uint64      // seq of the last quotes_patch sent
+	invalid   []string    // handshake symbols not served; reported in the snapshot
+	forbidden []string    // handshake symbols not entitled; reported in the snapshot
+	claims    auth.Claims // of the token in force: entitlements and expiry
+	expires   time.Time   // exp plus leeway: the connection closes 4001 then
+	holds     int         // while > 0 the reader is between a subscribe and its ack: no patch is built
+	closing   []byte      // close frame to send; once set nothing else is sent
+	timer     *time.Timer
+	nextPing  time.Time
 
 	// Owned by the writer goroutine (one at a time, handed over through
 	// writing): the unsent tail of a write that hit its deadline, the
@@ -58,8 +70,11 @@ type conn struct {
 	closeQueued bool
 }
 
-func newConn(s *Server, nc net.Conn, br *bufio.Reader, d *deflater, id uint64, who string) *conn {
-	c := &conn{srv: s, nc: nc, id: id, who: who, deflate: d}
+func newConn(s *Server, nc net.Conn, br *bufio.Reader, d *deflater, id uint64, user, remote string) *conn {
+	c := &conn{srv: s, nc: nc, id: id, user: user, who: user + "@" + remote, deflate: d}
+	if r := s.cfg.MessageRate; r > 0 {
+		c.limiter = rate.NewLimiter(rate.Limit(r), int(math.Ceil(2*r)))
+	}
 	r := &socketReader{nc: nc}
 	if n := br.Buffered(); n > 0 {
 		// The client sent frames right behind its handshake: read those
@@ -98,10 +113,8 @@ func (c *conn) start(p Params) {
 	now := time.Now()
 	c.lastFrame.Store(now.UnixNano())
 	c.mu.Lock()
-	c.invalid = p.Invalid
-	if c.invalid == nil {
-		c.invalid = []string{}
-	}
+	c.invalid, c.forbidden = orEmpty(p.Invalid), orEmpty(p.Forbidden)
+	c.setClaims(p.Claims)
 	// The first ping falls at a random point of the interval, so clients
 	// that all reconnected at once are not all pinged at once.
 	c.nextPing = now.Add(rand.N(c.srv.cfg.PingInterval) + time.Millisecond)
@@ -140,7 +153,9 @@ func (c *conn) readOne() bool {
 	if msg != nil {
 		c.srv.m.MessagesReceived.Inc()
 		c.srv.m.BytesReceived.Add(float64(len(msg)))
-		c.handle(msg)
+		if c.admit(msg) {
+			c.handle(msg)
+		}
 	}
 	return !c.gone.Load()
 }
@@ -148,14 +163,39 @@ func (c *conn) readOne() bool {
 // onFrame runs for every frame from the client.
 func (c *conn) onFrame() { c.lastFrame.Store(time.Now().UnixNano()) }
 
-func (c *conn) onPing(payload []byte) { c.enqueue(newFrame(ws.OpPong, payload)) }
+// onPing answers a ping frame, which counts against the message rate: a
+// ping flood gets no pongs, and is closed like any other flood.
+func (c *conn) onPing(payload []byte) {
+	if c.admit(nil) {
+		c.enqueue(newFrame(ws.OpPong, payload))
+	}
+}
 
 func (c *conn) onPong() { c.awaitingPong.Store(false) }
 
-// onTimer sends pings, closes a peer that missed its pong, and closes a
-// connection that sent nothing for IdleTimeout.
+// setClaims puts a verified token in force; c.mu is held.
+func (c *conn) setClaims(cl auth.Claims) {
+	c.claims = cl
+	c.expires = time.Time{}
+	if !cl.ExpiresAt.IsZero() {
+		c.expires = cl.ExpiresAt.Add(c.srv.cfg.Leeway)
+	}
+}
+
+// onTimer closes a connection whose token expired, sends pings, closes a
+// peer that missed its pong, and closes a connection that sent nothing for
+// IdleTimeout.
 func (c *conn) onTimer() {
 	now := time.Now()
+	c.mu.Lock()
+	expired := !c.expires.IsZero() && !now.Before(c.expires)
+	c.mu.Unlock()
+	if expired {
+		c.reply(errorMessage{Type: "error", Code: CodeTokenExpired,
+			Message: "the token expired; send {\"type\":\"auth\",\"token\":...} before exp to extend the connection"})
+		c.close(CloseTokenExpired, "token expired")
+		return
+	}
 	if now.Sub(time.Unix(0, c.lastFrame.Load())) >= c.srv.cfg.IdleTimeout {
 		c.close(ClosePolicy, "idle timeout")
 		return
@@ -181,10 +221,15 @@ func (c *conn) onTimer() {
 	c.mu.Unlock()
 }
 
-// untilNextCheck is the time to the next ping or idle deadline; c.mu is held.
+// untilNextCheck is the time to the next ping, idle or expiry deadline;
+// c.mu is held.
 func (c *conn) untilNextCheck(now time.Time) time.Duration {
 	idle := time.Unix(0, c.lastFrame.Load()).Add(c.srv.cfg.IdleTimeout)
-	return max(min(c.nextPing.Sub(now), idle.Sub(now)), time.Millisecond)
+	d := min(c.nextPing.Sub(now), idle.Sub(now))
+	if !c.expires.IsZero() {
+		d = min(d, c.expires.Sub(now))
+	}
+	return max(d, time.Millisecond)
 }
 
 var pingFrame = newFrame(ws.OpPing, nil)

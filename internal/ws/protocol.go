@@ -35,6 +35,13 @@ const (
 	CodeUnknownType    = "unknown_type"
 	CodeBadRequest     = "bad_request"
 	CodeTooManySymbols = "too_many_symbols"
+	CodeRateLimited    = "rate_limited"
+	// Codes of a refused token: the same as the handshake's 401 bodies,
+	// plus subject_mismatch for a refresh naming another user.
+	CodeMalformedToken  = "malformed_token"
+	CodeInvalidToken    = "invalid_token"
+	CodeTokenExpired    = "token_expired"
+	CodeSubjectMismatch = "subject_mismatch"
 )
 
 // clientMessage is every field any client message may carry; unknown fields
@@ -43,6 +50,7 @@ type clientMessage struct {
 	Type    string          `json:"type"`
 	ID      json.RawMessage `json:"id,omitempty"`
 	Symbols []string        `json:"symbols"`
+	Token   string          `json:"token"` // auth only
 }
 
 // protocolError is a client mistake answered with an error message; the
@@ -110,10 +118,19 @@ func jsonErrorText(err error) string {
 // are rare and never on the fan-out path.
 type (
 	subscribedMessage struct {
-		Type    string          `json:"type"`
-		ID      json.RawMessage `json:"id,omitempty"`
-		Symbols []string        `json:"symbols"`
-		Invalid []string        `json:"invalid"`
+		Type      string          `json:"type"`
+		ID        json.RawMessage `json:"id,omitempty"`
+		Symbols   []string        `json:"symbols"`
+		Invalid   []string        `json:"invalid"`
+		Forbidden []string        `json:"forbidden_symbols"`
+	}
+	authenticatedMessage struct {
+		Type      string          `json:"type"`
+		ID        json.RawMessage `json:"id,omitempty"`
+		ExpiresAt string          `json:"expires_at"` // RFC 3339 UTC
+		// Forbidden lists subscribed symbols the new token does not
+		// entitle: they are removed from the document next.
+		Forbidden []string `json:"forbidden_symbols"`
 	}
 	errorMessage struct {
 		Type    string          `json:"type"`

@@ -19,6 +19,7 @@ import (
 
 	"github.com/gobwas/ws"
 
+	"github.com/tickstream/tickstream/internal/auth"
 	"github.com/tickstream/tickstream/internal/hub"
 	"github.com/tickstream/tickstream/internal/metrics"
 	"github.com/tickstream/tickstream/internal/quote"
@@ -40,47 +41,65 @@ type Config struct {
 	// connection instead of the epoll poller (for comparison, and the
 	// fallback where epoll is missing).
 	ReaderGoroutines bool
+	// MaxPerUser is USER_MAX_CONNECTIONS: open connections of one token
+	// subject; beyond it Accept returns ErrUserLimit.
+	MaxPerUser int
+	// MessageRate is WS_MESSAGE_RATE: client messages (and pings) per
+	// second, with a burst of twice that; 0 means unlimited.
+	MessageRate float64
+	// Leeway is JWT_LEEWAY: a connection is closed 4001 this long after its
+	// token's exp, unless the client refreshed the token.
+	Leeway time.Duration
 }
 
 // Errors Accept returns before it writes anything, so the caller can answer
 // with its own status.
 var (
-	ErrFull     = errors.New("connection limit reached")
-	ErrDraining = errors.New("server is shutting down")
+	ErrFull      = errors.New("connection limit reached")
+	ErrDraining  = errors.New("server is shutting down")
+	ErrUserLimit = errors.New("user connection limit reached")
 )
 
 // Params is what the handshake established about a new connection.
 type Params struct {
-	Subject string         // user id from the token (not secret)
-	Entries []*quote.Entry // symbols to subscribe to at once
-	Invalid []string       // requested symbols that are not served
+	Claims    auth.Claims    // the verified token: user, expiry, entitlements
+	Entries   []*quote.Entry // symbols to subscribe to at once, all entitled
+	Invalid   []string       // requested symbols that are not served
+	Forbidden []string       // requested symbols the token does not entitle
 }
 
 // Server holds the open connections.
 type Server struct {
-	cfg  Config
-	hub  *hub.Hub
-	log  *slog.Logger
-	m    *metrics.Metrics
-	next atomic.Uint64 // connection ids
+	cfg      Config
+	hub      *hub.Hub
+	verifier *auth.Verifier // checks tokens sent to refresh a connection
+	log      *slog.Logger
+	m        *metrics.Metrics
+	next     atomic.Uint64 // connection ids
 	// poller reads idle connections without a goroutine each; nil when
 	// Config.ReaderGoroutines is set or the platform has no epoll.
 	poller  *poller
 	writers *writers
 
-	mu       sync.Mutex // guards conns, count and draining
+	mu       sync.Mutex // guards conns, count, users and draining
 	conns    map[*conn]struct{}
-	count    int // open connections plus upgrades in progress
+	count    int            // open connections plus upgrades in progress
+	users    map[string]int // the same, per token subject
 	draining bool
 	wg       sync.WaitGroup // one per connection
 }
 
-// NewServer returns a server delivering h's quotes.
-func NewServer(cfg Config, h *hub.Hub, log *slog.Logger, m *metrics.Metrics) *Server {
+// NewServer returns a server delivering h's quotes. v verifies the tokens
+// clients send to extend their connection.
+func NewServer(cfg Config, h *hub.Hub, v *auth.Verifier, log *slog.Logger, m *metrics.Metrics) *Server {
 	if cfg.CloseGrace == 0 {
 		cfg.CloseGrace = 2 * time.Second
 	}
-	s := &Server{cfg: cfg, hub: h, log: log, m: m, conns: make(map[*conn]struct{}),
+	if cfg.MaxPerUser == 0 {
+		cfg.MaxPerUser = cfg.MaxConnections
+	}
+	s := &Server{cfg: cfg, hub: h, verifier: v, log: log, m: m,
+		conns: make(map[*conn]struct{}), users: make(map[string]int),
 		writers: newWriters(max(2, runtime.GOMAXPROCS(0)), min(cfg.MaxConnections, 1<<16))}
 	if !cfg.ReaderGoroutines {
 		p, err := newPoller(log)
@@ -143,10 +162,12 @@ func headerHasToken(values []string, token string) bool {
 }
 
 // Accept upgrades r and starts serving the connection. It returns
-// ErrFull or ErrDraining, having written nothing, when it cannot take the
-// connection; any other error means the upgrade itself failed.
+// ErrFull, ErrUserLimit or ErrDraining, having written nothing, when it
+// cannot take the connection; any other error means the upgrade itself
+// failed.
 func (s *Server) Accept(w http.ResponseWriter, r *http.Request, p Params) error {
-	if err := s.reserve(); err != nil {
+	user := p.Claims.Subject
+	if err := s.reserve(user); err != nil {
 		return err
 	}
 	up := ws.HTTPUpgrader{Timeout: s.cfg.WriteTimeout}
@@ -156,13 +177,13 @@ func (s *Server) Accept(w http.ResponseWriter, r *http.Request, p Params) error 
 	}
 	nc, rw, _, err := up.Upgrade(r, w)
 	if err != nil {
-		s.unreserve()
+		s.unreserve(user)
 		if nc != nil {
 			nc.Close()
 		}
 		return fmt.Errorf("upgrade: %w", err)
 	}
-	c := newConn(s, nc, rw.Reader, neg.deflater(), s.next.Add(1), p.Subject+"@"+r.RemoteAddr)
+	c := newConn(s, nc, rw.Reader, neg.deflater(), s.next.Add(1), user, r.RemoteAddr)
 	if !s.register(c) {
 		// Shutdown began during the upgrade.
 		c.closeNow(CloseGoingAway, "server shutting down")
@@ -175,7 +196,7 @@ func (s *Server) Accept(w http.ResponseWriter, r *http.Request, p Params) error 
 	return nil
 }
 
-func (s *Server) reserve() error {
+func (s *Server) reserve(user string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
@@ -183,22 +204,33 @@ func (s *Server) reserve() error {
 		return ErrDraining
 	case s.count >= s.cfg.MaxConnections:
 		return ErrFull
+	case s.users[user] >= s.cfg.MaxPerUser:
+		return ErrUserLimit
 	}
 	s.count++
+	s.users[user]++
 	return nil
 }
 
-func (s *Server) unreserve() {
+func (s *Server) unreserve(user string) {
 	s.mu.Lock()
-	s.count--
+	s.release(user)
 	s.mu.Unlock()
+}
+
+// release gives back one reserved slot; s.mu is held.
+func (s *Server) release(user string) {
+	s.count--
+	if s.users[user]--; s.users[user] <= 0 {
+		delete(s.users, user)
+	}
 }
 
 func (s *Server) register(c *conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining {
-		s.count--
+		s.release(c.user)
 		return false
 	}
 	s.conns[c] = struct{}{}
@@ -210,7 +242,7 @@ func (s *Server) register(c *conn) bool {
 func (s *Server) unregister(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
-	s.count--
+	s.release(c.user)
 	s.mu.Unlock()
 	s.m.Connections.Dec()
 	s.wg.Done()

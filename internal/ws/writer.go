@@ -280,7 +280,8 @@ func (c *conn) seal(b []byte, msg *[]byte) ([]byte, *[]byte) {
 // maxHeaderLen bytes reserved for the frame header, from the shared
 // operation fragments of the pending symbols; c.mu is held. It returns nil
 // when there is nothing to send. The first message (seq 1) is the snapshot:
-// it starts with add /quotes {} and carries invalid_symbols.
+// it starts with add /quotes {} and carries invalid_symbols and
+// forbidden_symbols.
 func (c *conn) buildPatch(b []byte) (frame []byte, ch hub.Changes) {
 	snapshot := c.seq == 0
 	b = append(b[:0], make([]byte, maxHeaderLen)...)
@@ -302,7 +303,10 @@ func (c *conn) buildPatch(b []byte) (frame []byte, ch hub.Changes) {
 		inv, _ := json.Marshal(c.invalid) // a []string always marshals
 		b = append(b, `,"invalid_symbols":`...)
 		b = append(b, inv...)
-		c.invalid = nil
+		forb, _ := json.Marshal(c.forbidden)
+		b = append(b, `,"forbidden_symbols":`...)
+		b = append(b, forb...)
+		c.invalid, c.forbidden = nil, nil
 	}
 	b = append(b, '}')
 	c.seq++
