@@ -269,34 +269,6 @@ func TestErrorsKeepConnectionOpen(t *testing.T) {
 	w.nextOf("quotes_patch")
 }
 
-func TestProtocolViolationsClose(t *testing.T) {
-	s := startServer(t, nil)
-	tests := []struct {
-		name string
-		typ  websocket.MessageType
-		data []byte
-		want websocket.StatusCode
-	}{
-		{"binary frame", websocket.MessageBinary, []byte{1, 2, 3}, 1003},
-		{"invalid UTF-8", websocket.MessageText, []byte{'"', 0xff, 0xfe, '"'}, 1007},
-		{"too big", websocket.MessageText, bytes.Repeat([]byte("a"), 5000), 1009},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			w := s.dial("?symbols=AAPL")
-			w.next()
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := w.c.Write(ctx, tt.typ, tt.data); err != nil {
-				t.Fatal(err)
-			}
-			if got := w.closeCode(); got != tt.want {
-				t.Errorf("close code: got %d, want %d", got, tt.want)
-			}
-		})
-	}
-}
-
 func TestEscapedSymbols(t *testing.T) {
 	csv := "symbol,name,type,base_price,volume,market_cap\n" +
 		"BTC/USD,Bitcoin in dollars,ETF,65000,100,0\n" +

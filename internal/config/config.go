@@ -249,7 +249,7 @@ func settings() []setting {
 			return nil
 		}},
 		{"JWT_PUBLIC_KEY_FILE", "", "PEM public key (RSA, ECDSA P-256/P-384, Ed25519) verifying RS256/384/512, ES256/384 or EdDSA tokens", false, file(func(c *Config) *string { return &c.JWTPublicKeyFile })},
-		{"JWT_JWKS_URL", "", "URL of a JSON Web Key Set; keys are cached and refetched for an unknown kid", false, func(c *Config, v string) error {
+		{"JWT_JWKS_URL", "", "URL of a JSON Web Key Set; keys are cached and refetched for an unknown kid (its value is never shown: it may hold credentials)", true, func(c *Config, v string) error {
 			if v != "" {
 				u, err := url.Parse(v)
 				if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
