@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -540,4 +541,25 @@ func TestCompression(t *testing.T) {
 		}
 		w.next()
 	})
+}
+
+// TestSnapshotHoldsEverySymbol: ticks that move some of a new connection's
+// symbols while the handshake's symbols are being subscribed must not make
+// a snapshot that lacks the rest.
+func TestSnapshotHoldsEverySymbol(t *testing.T) {
+	s := startServer(t, map[string]string{"SYNTHETIC_SYMBOLS": "100", "PRICE_UPDATE_INTERVAL": "10ms", "SIM_UPDATE": "all"})
+	syms := make([]string, 100)
+	for i := range syms {
+		syms[i] = fmt.Sprintf("SYN%05d", i+1)
+	}
+	query := "?symbols=" + strings.Join(syms, ",")
+	s.dial(query).next() // keeps every symbol moving
+	for range 30 {
+		w := s.dial(query)
+		m, _ := w.next()
+		if len(m.Operations) != len(syms)+1 {
+			t.Fatalf("snapshot has %d operations, want add /quotes and %d quotes", len(m.Operations), len(syms))
+		}
+		w.c.CloseNow()
+	}
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"log/slog"
-	"math"
 	"math/rand/v2"
 	"net"
 	"strconv"
@@ -44,8 +43,9 @@ type conn struct {
 	awaitingPong atomic.Bool
 	peerClosed   atomic.Bool // the client's close frame arrived
 
-	// Owned by the reader (one at a time): the client's message budget
-	// (nil: unlimited) and the messages refused since it was last full.
+	// Owned by the reader (one at a time): the client's message budget,
+	// made at its first message so idle connections hold none, and the
+	// messages refused since it was last full.
 	limiter *rate.Limiter
 	strikes int
 
@@ -72,9 +72,6 @@ type conn struct {
 
 func newConn(s *Server, nc net.Conn, br *bufio.Reader, d *deflater, id uint64, user, remote string) *conn {
 	c := &conn{srv: s, nc: nc, id: id, user: user, who: user + "@" + remote, deflate: d}
-	if r := s.cfg.MessageRate; r > 0 {
-		c.limiter = rate.NewLimiter(rate.Limit(r), int(math.Ceil(2*r)))
-	}
 	r := &socketReader{nc: nc}
 	if n := br.Buffered(); n > 0 {
 		// The client sent frames right behind its handshake: read those
@@ -119,8 +116,14 @@ func (c *conn) start(p Params) {
 	// that all reconnected at once are not all pinged at once.
 	c.nextPing = now.Add(rand.N(c.srv.cfg.PingInterval) + time.Millisecond)
 	c.timer = time.AfterFunc(c.untilNextCheck(now), c.onTimer)
+	// A tick that marks the first symbols while the others are still being
+	// added must not wake a writer into a snapshot that lacks them.
+	c.holds++
 	c.mu.Unlock()
 	c.sub.Subscribe(p.Entries)
+	c.mu.Lock()
+	c.holds--
+	c.mu.Unlock()
 	c.kick() // the snapshot is due even with no symbols
 	if c.srv.poller == nil || c.srv.poller.add(c) != nil {
 		go func() {

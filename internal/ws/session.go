@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/gobwas/ws"
+	"golang.org/x/time/rate"
 
 	"github.com/tickstream/tickstream/internal/auth"
 	"github.com/tickstream/tickstream/internal/quote"
@@ -135,8 +137,12 @@ const strikeLimit = 20
 // message is answered rate_limited and not processed; a flood that goes on
 // for strikeLimit refused messages is closed with 4029.
 func (c *conn) admit(msg []byte) bool {
-	if c.limiter == nil {
+	r := c.srv.cfg.MessageRate
+	if r <= 0 {
 		return true
+	}
+	if c.limiter == nil {
+		c.limiter = rate.NewLimiter(rate.Limit(r), int(math.Ceil(2*r)))
 	}
 	if c.limiter.Allow() {
 		if c.limiter.Tokens() >= float64(c.limiter.Burst()-1) {
