@@ -32,7 +32,24 @@ type Server struct {
 	gatherer    prometheus.Gatherer
 	maxSymbols  int
 	instruments []byte // the /v1/instruments body, encoded once
+
+	degraded   func() string        // see ReportDegraded; nil: never degraded
+	beforeRead func([]*quote.Entry) // see BeforeRead; nil: the store is current
 }
+
+// BeforeRead registers f to be called with the entries a /v1/quotes
+// request is about to read. With BROKER=redis an instance follows only the
+// symbols its clients use; f brings the others up to the shared market
+// first, so that every instance answers the same. Call it before serving.
+func (s *Server) BeforeRead(f func([]*quote.Entry)) { s.beforeRead = f }
+
+// ReportDegraded makes /readyz answer 200 {"status":"degraded","reason":r}
+// while f returns a non-empty r: the instance serves every client, but
+// from a fallback (BROKER=redis with Redis away). It stays 200 so that a
+// load balancer keeps the instance's clients and sends it new ones: taking
+// every instance out of rotation during a Redis outage would drop a market
+// that is still being served. Call it before serving.
+func (s *Server) ReportDegraded(f func() string) { s.degraded = f }
 
 // New returns the HTTP server's handler set. maxSymbols is WS_MAX_SYMBOLS.
 func New(log *slog.Logger, store *quote.Store, wss *ws.Server, verifier *auth.Verifier,
@@ -168,6 +185,9 @@ func (s *Server) handleQuotes(w http.ResponseWriter, r *http.Request) {
 	if entries == nil {
 		entries = s.store.Entries()
 	}
+	if s.beforeRead != nil {
+		s.beforeRead(entries)
+	}
 	b := make([]byte, 0, 64+len(entries)*320)
 	b = append(b, `{"quotes":{`...)
 	for i, e := range entries {
@@ -197,6 +217,12 @@ func (s *Server) handleReady(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Retry-After", fmt.Sprint(retryAfter))
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
 		return
+	}
+	if s.degraded != nil {
+		if reason := s.degraded(); reason != "" {
+			writeJSON(w, http.StatusOK, map[string]string{"status": "degraded", "reason": reason})
+			return
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
