@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/tickstream/tickstream/internal/auth"
+	"github.com/tickstream/tickstream/internal/broker"
 	"github.com/tickstream/tickstream/internal/config"
 	"github.com/tickstream/tickstream/internal/feed"
 	"github.com/tickstream/tickstream/internal/hub"
@@ -48,6 +49,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("instruments: %w", err)
 	}
 	h := hub.New(store)
+	brk, err := buildBroker(ctx, cfg, h, log)
+	if err != nil {
+		return err
+	}
 
 	verifier, err := newVerifier(ctx, cfg, log)
 	if err != nil {
@@ -62,6 +67,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		ActiveSymbols:   func() float64 { return float64(len(h.Active(nil))) },
 		IdleConnections: func() float64 { return float64(wss.Idle()) },
 	})
+	broker.RegisterMetrics(reg, brk)
 
 	wss = ws.NewServer(ws.Config{
 		MaxConnections:     cfg.WSMaxConnections,
@@ -81,6 +87,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		AllowedOrigins: cfg.AllowedOrigins,
 		TrustedProxies: cfg.TrustedProxies,
 		HandshakeRate:  cfg.WSHandshakeRatePerIP,
+		Degraded:       broker.Degraded(brk),
+		BeforeRead:     brk.Prepare,
 	}, log, store, wss, verifier, m, reg)
 	if err != nil {
 		return err
@@ -108,7 +116,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Interval:    cfg.PriceUpdateInterval,
 		Oscillation: cfg.PriceOscillationPercent,
 		Mode:        feed.Mode(cfg.SimUpdate),
-	}, h, log, func(moved int) {
+	}, brk, log, func(moved int) {
 		if moved > 0 {
 			m.Ticks.Inc()
 			m.SymbolsMoved.Add(float64(moved))
@@ -118,7 +126,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	feedCtx, stopFeed := context.WithCancel(context.Background())
 	defer stopFeed()
 	feedDone := make(chan struct{})
+	brokerDone := make(chan error, 1)
 	go func() { sim.Run(feedCtx); close(feedDone) }()
+	go func() { brokerDone <- brk.Run(feedCtx) }()
 
 	if cfg.DebugAddr != "" {
 		if err := serveDebug(ctx, cfg.DebugAddr, log); err != nil {
@@ -131,7 +141,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		ln = tls.NewListener(ln, tlsConfig)
 	}
 	go func() { serveErr <- httpSrv.Serve(ln) }()
-	log.Info("listening", "addr", ln.Addr().String(), "tls", tlsConfig != nil, "instruments", len(instruments), "dev_auth", cfg.DevAuth())
+	log.Info("listening", "addr", ln.Addr().String(), "tls", tlsConfig != nil, "instruments", len(instruments), "dev_auth", cfg.DevAuth(), "broker", cfg.Broker)
 	if cfg.DevAuth() {
 		if err := printDemo(stdout, verifier, ln.Addr(), tlsConfig != nil); err != nil {
 			return err
@@ -153,11 +163,33 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	httpErr := httpSrv.Shutdown(shutCtx)
 	stopFeed()
 	<-feedDone
-	if err := errors.Join(wsErr, httpErr); err != nil {
+	brokerErr := <-brokerDone
+	if err := errors.Join(wsErr, httpErr, brokerErr); err != nil {
 		log.Warn("shutdown incomplete", "err", err)
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// buildBroker makes the broker BROKER names and registers it on h. With
+// Redis it waits up to two seconds for Redis, so that an instance started
+// next to a running market serves that market to its first client; when
+// Redis does not answer, the instance starts degraded and keeps trying.
+func buildBroker(ctx context.Context, cfg config.Config, h *hub.Hub, log *slog.Logger) (broker.Broker, error) {
+	if cfg.Broker != "redis" {
+		return broker.NewMemory(h), nil
+	}
+	r, err := broker.NewRedis(broker.RedisConfig{
+		URL: cfg.RedisURL, Prefix: cfg.RedisPrefix, Cluster: cfg.RedisCluster, LeaseTTL: cfg.FeedLeaseTTL,
+	}, h, log)
+	if err != nil {
+		return nil, err
+	}
+	h.BeforeSubscribe(r.Prepare)
+	if err := r.Connect(ctx, 2*time.Second); err != nil {
+		log.Warn("redis unreachable at start: serving local prices until it answers", "err", err)
+	}
+	return r, nil
 }
 
 func newLogger(cfg config.Config, w io.Writer) *slog.Logger {

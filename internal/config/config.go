@@ -131,6 +131,27 @@ type Config struct {
 	// long a client may take to send its request headers, so that slow
 	// senders (slowloris) cannot hold connections open; 100ms to 1m.
 	HTTPReadHeaderTimeout time.Duration
+	// Scaling out over Redis (README, "Scaling out").
+
+	// Broker (BROKER, default "memory") is "memory" (one instance, its
+	// own simulator) or "redis" (several instances serving one market
+	// through Redis, one of them publishing).
+	Broker string
+	// RedisURL (REDIS_URL, default "redis://127.0.0.1:6379") is the Redis
+	// to use with BROKER=redis: redis:// or rediss:// (TLS), with a user
+	// and password if any. A secret: never shown in an Error.
+	RedisURL string
+	// RedisPrefix (REDIS_PREFIX, default "tickstream:") starts every key
+	// and channel, so several deployments can share one Redis. It must
+	// not contain { or }: the keys carry their own hash tag.
+	RedisPrefix string
+	// RedisCluster (REDIS_CLUSTER, default false) says REDIS_URL is a
+	// Redis Cluster; quotes then travel by sharded Pub/Sub.
+	RedisCluster bool
+	// FeedLeaseTTL (FEED_LEASE_TTL, default 3s) is how long the price
+	// publisher's lease lasts without renewal: when the publishing
+	// instance dies, another takes over within about this long. 300ms to 1m.
+	FeedLeaseTTL time.Duration
 }
 
 // DevAuth reports whether tokens are signed with a random development
@@ -173,7 +194,7 @@ type setting struct {
 // settings lists every variable in the order -h shows them.
 
 func settings() []setting {
-	return []setting{
+	return append([]setting{
 		{"HTTP_ADDR", ":8080", "listen address", false, func(c *Config, v string) error {
 			if _, _, err := net.SplitHostPort(v); err != nil {
 				return errors.New("not host:port")
@@ -278,6 +299,56 @@ func settings() []setting {
 		{"TLS_CERT_FILE", "", "PEM certificate chain: with TLS_KEY_FILE the server serves https:// and wss://", false, file(func(c *Config) *string { return &c.TLSCertFile })},
 		{"TLS_KEY_FILE", "", "PEM private key of TLS_CERT_FILE", false, file(func(c *Config) *string { return &c.TLSKeyFile })},
 		{"HTTP_READ_HEADER_TIMEOUT", "5s", "time a client has to send its request headers (slowloris), 100ms to 1m", false, duration(100*time.Millisecond, time.Minute, func(c *Config) *time.Duration { return &c.HTTPReadHeaderTimeout })},
+	}, redisSettings()...)
+}
+
+// redisSettings are the variables of BROKER=redis.
+func redisSettings() []setting {
+	return []setting{
+		{"BROKER", "memory", "memory: one instance; redis: several instances share one market through Redis", false, func(c *Config, v string) error {
+			if v != "memory" && v != "redis" {
+				return errors.New(`must be "memory" or "redis"`)
+			}
+			c.Broker = v
+			return nil
+		}},
+		{"REDIS_URL", "redis://127.0.0.1:6379", "Redis of BROKER=redis: redis:// or rediss://, with user and password if any", true, func(c *Config, v string) error {
+			u, err := url.Parse(strings.TrimSpace(v))
+			switch {
+			case err != nil:
+				return errors.New("not a URL")
+			case u.Scheme != "redis" && u.Scheme != "rediss":
+				return errors.New("must start with redis:// or rediss://")
+			case u.Host == "":
+				return errors.New("has no host")
+			}
+			c.RedisURL = strings.TrimSpace(v)
+			return nil
+		}},
+		{"REDIS_PREFIX", "tickstream:", "prefix of every Redis key and channel, so deployments can share a Redis", false, func(c *Config, v string) error {
+			if v == "" || strings.ContainsAny(v, "{} \t\n") {
+				return errors.New("must be non-empty, without braces or spaces")
+			}
+			c.RedisPrefix = v
+			return nil
+		}},
+		{"REDIS_CLUSTER", "false", "true: REDIS_URL is a Redis Cluster, quotes travel by sharded Pub/Sub", false, boolean(func(c *Config) *bool { return &c.RedisCluster })},
+		{"FEED_LEASE_TTL", "3s", "lease of the instance that publishes prices; a dead publisher is replaced within about this long, 300ms to 1m", false, duration(300*time.Millisecond, time.Minute, func(c *Config) *time.Duration { return &c.FeedLeaseTTL })},
+	}
+}
+
+// boolean parses true/false (also on/off, 1/0), in any case, into the field.
+func boolean(field func(*Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		switch strings.ToLower(v) {
+		case "true", "on", "1":
+			*field(c) = true
+		case "false", "off", "0":
+			*field(c) = false
+		default:
+			return errors.New(`must be "true" or "false"`)
+		}
+		return nil
 	}
 }
 

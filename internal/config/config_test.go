@@ -78,6 +78,10 @@ func defaults() config.Config {
 		WSHandshakeRatePerIP:    20,
 		WSMessageRate:           10,
 		HTTPReadHeaderTimeout:   5 * time.Second,
+		Broker:                  "memory",
+		RedisURL:                "redis://127.0.0.1:6379",
+		RedisPrefix:             "tickstream:",
+		FeedLeaseTTL:            3 * time.Second,
 	}
 }
 
@@ -119,6 +123,9 @@ func TestLoad(t *testing.T) {
 		}},
 		{"surrounding spaces are trimmed", nil, map[string]string{"WS_MAX_SYMBOLS": " 7 ", "LOG_LEVEL": "warn\n"}, func(c *config.Config) {
 			c.WSMaxSymbols, c.LogLevel = 7, slog.LevelWarn
+		}},
+		{"redis", nil, map[string]string{"BROKER": "redis", "REDIS_URL": "rediss://u:pw@redis.example:6380/2", "REDIS_PREFIX": "prod:", "REDIS_CLUSTER": "true", "FEED_LEASE_TTL": "5s"}, func(c *config.Config) {
+			c.Broker, c.RedisURL, c.RedisPrefix, c.RedisCluster, c.FeedLeaseTTL = "redis", "rediss://u:pw@redis.example:6380/2", "prod:", true, 5*time.Second
 		}},
 		{"secret kept byte for byte", nil, map[string]string{"JWT_SECRET": " " + goodSecret}, func(c *config.Config) {
 			c.JWTSecret = " " + goodSecret
@@ -253,6 +260,12 @@ func TestInvalid(t *testing.T) {
 		{"message rate NaN", nil, map[string]string{"WS_MESSAGE_RATE": "NaN"}, "WS_MESSAGE_RATE"},
 		{"read header timeout too short", nil, map[string]string{"HTTP_READ_HEADER_TIMEOUT": "10ms"}, "HTTP_READ_HEADER_TIMEOUT"},
 		{"TLS cert without key", nil, map[string]string{"TLS_CERT_FILE": "/etc/hostname"}, "TLS_CERT_FILE and TLS_KEY_FILE"},
+		{"broker", nil, map[string]string{"BROKER": "kafka"}, "BROKER"},
+		{"redis url scheme", nil, map[string]string{"REDIS_URL": "http://127.0.0.1:6379"}, "REDIS_URL"},
+		{"redis url without host", nil, map[string]string{"REDIS_URL": "redis://"}, "REDIS_URL"},
+		{"redis prefix with a hash tag", nil, map[string]string{"REDIS_PREFIX": "a{b}:"}, "REDIS_PREFIX"},
+		{"redis cluster", nil, map[string]string{"REDIS_CLUSTER": "yes"}, "REDIS_CLUSTER"},
+		{"lease too short", nil, map[string]string{"FEED_LEASE_TTL": "100ms"}, "FEED_LEASE_TTL"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -284,6 +297,7 @@ func TestErrorText(t *testing.T) {
 		{"value quoted", nil, map[string]string{"PRICE_UPDATE_INTERVAL": "abc"}, `invalid PRICE_UPDATE_INTERVAL="abc": not a duration`},
 		{"flag named", []string{"-sim-update", "most"}, nil, `invalid -sim-update="most": must be "subset" or "all"`},
 		{"secret not shown", nil, map[string]string{"JWT_SECRET": "short"}, `invalid JWT_SECRET: must be at least 32 bytes`},
+		{"redis password not shown", nil, map[string]string{"REDIS_URL": "http://u:hunter2@h:1"}, `invalid REDIS_URL: must start with redis:// or rediss://`},
 		{"unknown flag", []string{"-verbose"}, nil, `invalid -verbose: flag provided but not defined (see -h)`},
 		{"newline escaped", nil, map[string]string{"LOG_FORMAT": "json\nx"}, `invalid LOG_FORMAT="json\nx": must be "json" or "text"`},
 	}

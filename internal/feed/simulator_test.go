@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tickstream/tickstream/internal/broker"
 	"github.com/tickstream/tickstream/internal/feed"
 	"github.com/tickstream/tickstream/internal/hub"
 	"github.com/tickstream/tickstream/internal/quote"
@@ -20,7 +21,7 @@ func setup(t *testing.T, mode feed.Mode, osc float64, in []quote.Instrument) (*h
 	h := hub.New(s)
 	moved := new(int)
 	sim := feed.NewSimulator(feed.SimulatorConfig{Interval: time.Second, Oscillation: osc, Mode: mode, Seed: 42},
-		h, slog.New(slog.NewTextHandler(io.Discard, nil)), func(n int) { *moved = n })
+		broker.NewMemory(h), slog.New(slog.NewTextHandler(io.Discard, nil)), func(n int) { *moved = n })
 	return h, sim, moved
 }
 

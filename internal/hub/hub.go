@@ -25,6 +25,11 @@ type Hub struct {
 	wakeBuf []*Subscriber // reused by Publish
 
 	subscriptions atomic.Int64
+
+	// prepare, when set, makes entries current before a subscriber's
+	// snapshot is built (see BeforeSubscribe). Set before serving; read
+	// without a lock.
+	prepare func([]*quote.Entry)
 }
 
 type topic struct {
@@ -50,6 +55,18 @@ func (h *Hub) Active(dst []*quote.Entry) []*quote.Entry {
 	}
 	return dst
 }
+
+// BeforeSubscribe registers f to be called by Subscriber.Subscribe with
+// the entries it has just added to their topics, before the subscriber is
+// marked for their snapshot. A broker that shares quotes between instances
+// uses it to fetch the shared quote of a symbol this instance did not
+// follow, so the client's first view is the market's, not a stale local
+// one. f may block briefly: it runs on the subscribing connection's
+// reader. Call it before any subscriber exists.
+func (h *Hub) BeforeSubscribe(f func([]*quote.Entry)) { h.prepare = f }
+
+// Subscribed reports whether e has at least one subscriber.
+func (h *Hub) Subscribed(e *quote.Entry) bool { return h.topics[e.Index].n.Load() > 0 }
 
 // Subscriptions returns the number of (connection, symbol) subscriptions.
 func (h *Hub) Subscriptions() int64 { return h.subscriptions.Load() }

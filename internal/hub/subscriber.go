@@ -74,12 +74,12 @@ func (s *Subscriber) Symbols() []string {
 // many entries were new. Subscribe and Unsubscribe are called by one
 // goroutine at a time (the connection's reader); Close may run at any time.
 func (s *Subscriber) Subscribe(entries []*quote.Entry) int {
-	added := 0
+	var added []*sub
 	for _, e := range entries {
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
-			return added
+			break
 		}
 		sb := s.subs[e]
 		if sb == nil {
@@ -99,14 +99,28 @@ func (s *Subscriber) Subscribe(entries []*quote.Entry) int {
 		s.hub.add(t, sb)
 		if s.isClosed() {
 			s.hub.remove(t, sb) // Close ran meanwhile and may have missed sb
-			return added
+			break
 		}
-		added++
+		added = append(added, sb)
+	}
+	if len(added) == 0 {
+		return 0
+	}
+	// The entries are in their topics now, so a broker that drops
+	// symbols nobody uses sees them before prepare looks at them.
+	if s.hub.prepare != nil {
+		es := make([]*quote.Entry, len(added))
+		for i, sb := range added {
+			es[i] = sb.entry
+		}
+		s.hub.prepare(es)
+	}
+	for _, sb := range added {
 		if s.mark(sb) {
 			s.wake()
 		}
 	}
-	return added
+	return len(added)
 }
 
 // Unsubscribe removes entries from the subscription; the next AppendChanges

@@ -31,6 +31,19 @@ type Config struct {
 	TrustedProxies []netip.Prefix // TRUSTED_PROXIES
 	HandshakeRate  float64        // WS_HANDSHAKE_RATE_PER_IP; 0: unlimited
 	Now            func() time.Time
+
+	// Degraded, when set and returning a non-empty reason, makes /readyz
+	// answer 200 {"status":"degraded","reason":r}: the instance serves
+	// every client, but from a fallback (BROKER=redis with Redis away).
+	// It stays 200 so that a load balancer keeps the instance's clients
+	// and sends it new ones: taking every instance out of rotation during
+	// a Redis outage would drop a market that is still being served.
+	Degraded func() string
+	// BeforeRead, when set, is called with the entries a /v1/quotes
+	// request is about to read. With BROKER=redis an instance follows only
+	// the symbols its clients use; it brings the others up to the shared
+	// market first, so that every instance answers the same.
+	BeforeRead func([]*quote.Entry)
 }
 
 // Server routes HTTP requests.
@@ -218,6 +231,9 @@ func (s *Server) handleQuotes(w http.ResponseWriter, r *http.Request, claims aut
 			fmt.Sprintf("the token does not entitle any of the %d requested symbols", len(forbidden))))
 		return
 	}
+	if s.cfg.BeforeRead != nil {
+		s.cfg.BeforeRead(entries)
+	}
 	b := make([]byte, 0, 64+len(entries)*320)
 	b = append(b, `{"quotes":{`...)
 	for i, e := range entries {
@@ -252,6 +268,12 @@ func (s *Server) handleReady(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Retry-After", fmt.Sprint(retryAfter))
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
 		return
+	}
+	if s.cfg.Degraded != nil {
+		if reason := s.cfg.Degraded(); reason != "" {
+			writeJSON(w, http.StatusOK, map[string]string{"status": "degraded", "reason": reason})
+			return
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
