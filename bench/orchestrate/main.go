@@ -113,4 +113,4 @@ func scenarioNames() []string {
 	return ns
 }
 
-var order = map[string]int{"connect": 0, "fanout": 1, "slow": 2, "churn": 3, "knee": 4}
+var order = map[string]int{"connect": 0, "fanout": 1, "slow": 2, "churn": 3, "knee": 4, "cluster": 5, "cluster-slow-ticks": 6}

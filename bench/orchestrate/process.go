@@ -59,11 +59,12 @@ func (e *env) command(ctx context.Context, cpu string, bin string, args ...strin
 
 // server is a running tickstream pinned to core 0.
 type server struct {
-	cmd    *exec.Cmd
-	addr   string
-	debug  string // DEBUG_ADDR, when set
-	env    []string
-	clkTck float64
+	cmd      *exec.Cmd
+	fixedPID int // a process started by someone else (scripts/cluster); cmd is nil
+	addr     string
+	debug    string // DEBUG_ADDR, when set
+	env      []string
+	clkTck   float64
 
 	mu     sync.Mutex
 	maxRSS int64 // bytes
@@ -152,6 +153,9 @@ func (s *server) sample() {
 // pid is the server's process id; taskset execs the program, so it is
 // tickstream's own.
 func (s *server) pid() int {
+	if s.fixedPID != 0 {
+		return s.fixedPID
+	}
 	if s.cmd.Process == nil {
 		return 0
 	}
@@ -256,6 +260,7 @@ type LoadResult struct {
 	Inconclusive int     `json:"inconclusive"`
 	Errors       int     `json:"errors"`
 	Reconnects   int     `json:"reconnects"`
+	Open         int     `json:"open"`
 	DurationS    float64 `json:"duration_s"`
 	UpdatesPerS  float64 `json:"updates_per_s"`
 	LatencyMS    struct {

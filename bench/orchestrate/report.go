@@ -58,7 +58,7 @@ func readResults(dir string) ([]Result, error) {
 // sortKey orders results by scenario; runs of one scenario then go by time.
 func sortKey(name string) string {
 	base, _, _ := strings.Cut(name, "-")
-	if base == "fanout" {
+	if base == "fanout" || base == "cluster" {
 		return fmt.Sprintf("%d-%s", order[base], name)
 	}
 	return fmt.Sprint(order[base])
@@ -97,6 +97,14 @@ func updateDoc(path string, rs []Result) error {
 		if r.Server.GoroutinesPost > 0 {
 			note = fmt.Sprintf("before → 20 s after: goroutines %.0f → %.0f, heap in use %.1f → %.1f MB, RSS %.1f → %.1f MB",
 				r.Server.GoroutinesPre, r.Server.GoroutinesPost, r.Server.HeapPreMB, r.Server.HeapPostMB, r.Server.RSSPreMB, r.Server.RSSPostMB)
+		}
+		if n := d["instances"]; n > 0 {
+			var rss []string
+			for i := 1; i <= int(n); i++ {
+				rss = append(rss, fmt.Sprintf("%.1f", d[fmt.Sprintf("instance%d_peak_rss_mb", i)]))
+			}
+			note = fmt.Sprintf("%.0f instances behind nginx; peak RSS per instance %s MB; Redis CPU %.1f%% of a core; latency and connect: worst of %d tickload processes",
+				n, strings.Join(rss, " / "), d["redis_cpu_percent"], clusterLoads)
 		}
 		if r.Server.SlowCloses > 0 || r.Server.Conflated > 0 {
 			note = strings.TrimPrefix(note+fmt.Sprintf("; conflated %.0f, 4008 closes %.0f", r.Server.Conflated, r.Server.SlowCloses), "; ")

@@ -92,7 +92,9 @@ var scenarios = map[string]scenario{
 			"-duration", "60s", "-check-wait", "20s", "-churn", "1000", "-source-ips", "127.0.0.1-127.0.0.8")
 		return []Result{r}, err
 	},
-	"knee": knee,
+	"knee":               knee,
+	"cluster":            clusterScenario,
+	"cluster-slow-ticks": clusterSlowTicks,
 }
 
 func fanoutEnv(interval, compression string) map[string]string {
