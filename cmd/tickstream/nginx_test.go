@@ -51,7 +51,8 @@ func TestBehindNginxInstanceKilled(t *testing.T) {
 	ports := freePorts(t, 4)
 	env := append(os.Environ(), "DIR="+dir, "PORT="+ports[0], "INSTANCE_PORTS="+strings.Join(ports[1:], " "),
 		"REDIS_URL="+url, "REDIS_PREFIX="+redisPrefix(t, url), "JWT_SECRET="+testSecret,
-		"PRICE_UPDATE_INTERVAL=100ms", "SIM_UPDATE=all", "LOG_LEVEL=info")
+		"PRICE_UPDATE_INTERVAL=100ms", "SIM_UPDATE=all", "LOG_LEVEL=info",
+		"WS_HANDSHAKE_RATE_PER_IP=0") // 90 clients from one address, reconnecting at once
 	cluster := func(cmd string) {
 		c := exec.Command("bash", "../../scripts/cluster", cmd)
 		c.Env = env
