@@ -118,7 +118,6 @@ func isTrusted(ip netip.Addr, trusted []netip.Prefix) bool {
 type ipLimiter struct {
 	every rate.Limit
 	burst int
-	now   func() time.Time
 
 	mu        sync.Mutex
 	buckets   map[netip.Addr]*rate.Limiter
@@ -129,18 +128,15 @@ type ipLimiter struct {
 // without a bucket are refused until a sweep frees some.
 const maxIPs = 100_000
 
-func newIPLimiter(perSecond float64, now func() time.Time) *ipLimiter {
-	if now == nil {
-		now = time.Now
-	}
-	return &ipLimiter{every: rate.Limit(perSecond), burst: int(math.Ceil(2 * perSecond)), now: now,
+func newIPLimiter(perSecond float64) *ipLimiter {
+	return &ipLimiter{every: rate.Limit(perSecond), burst: int(math.Ceil(2 * perSecond)),
 		buckets: make(map[netip.Addr]*rate.Limiter)}
 }
 
 // wait charges one handshake to ip and returns 0 when it may go on, or how
 // long until it could.
 func (l *ipLimiter) wait(ip netip.Addr) time.Duration {
-	now := l.now()
+	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.sweep(now)

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -30,7 +29,6 @@ type Config struct {
 	AllowedOrigins []string       // ALLOWED_ORIGINS; empty: the server's own host
 	TrustedProxies []netip.Prefix // TRUSTED_PROXIES
 	HandshakeRate  float64        // WS_HANDSHAKE_RATE_PER_IP; 0: unlimited
-	Now            func() time.Time
 
 	// Degraded, when set and returning a non-empty reason, makes /readyz
 	// answer 200 {"status":"degraded","reason":r}: the instance serves
@@ -73,7 +71,7 @@ func New(cfg Config, log *slog.Logger, store *quote.Store, wss *ws.Server, verif
 	s := &Server{log: log, store: store, ws: wss, verifier: verifier, m: m,
 		gatherer: gatherer, cfg: cfg, instruments: body}
 	if cfg.HandshakeRate > 0 {
-		s.perIP = newIPLimiter(cfg.HandshakeRate, cfg.Now)
+		s.perIP = newIPLimiter(cfg.HandshakeRate)
 	}
 	return s, nil
 }
@@ -132,7 +130,7 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 			s.m.Handshakes.WithLabelValues("accepted").Inc()
 			return
 		}
-		if !errors.Is(err, ws.ErrFull) && !errors.Is(err, ws.ErrDraining) && !errors.Is(err, ws.ErrUserLimit) {
+		if errors.Is(err, ws.ErrUpgrade) {
 			s.log.Debug("upgrade failed", "err", err, "remote", r.RemoteAddr)
 			s.m.Handshakes.WithLabelValues("upgrade_failed").Inc()
 			return // the connection was hijacked: nothing more to write

@@ -55,7 +55,6 @@ type conn struct {
 	invalid   []string    // handshake symbols not served; reported in the snapshot
 	forbidden []string    // handshake symbols not entitled; reported in the snapshot
 	claims    auth.Claims // of the token in force: entitlements and expiry
-	expires   time.Time   // exp plus leeway: the connection closes 4001 then
 	holds     int         // while > 0 the reader is between a subscribe and its ack: no patch is built
 	closing   []byte      // close frame to send; once set nothing else is sent
 	timer     *time.Timer
@@ -111,7 +110,7 @@ func (c *conn) start(p Params) {
 	c.lastFrame.Store(now.UnixNano())
 	c.mu.Lock()
 	c.invalid, c.forbidden = orEmpty(p.Invalid), orEmpty(p.Forbidden)
-	c.setClaims(p.Claims)
+	c.claims = p.Claims
 	// The first ping falls at a random point of the interval, so clients
 	// that all reconnected at once are not all pinged at once.
 	c.nextPing = now.Add(rand.N(c.srv.cfg.PingInterval) + time.Millisecond)
@@ -176,13 +175,13 @@ func (c *conn) onPing(payload []byte) {
 
 func (c *conn) onPong() { c.awaitingPong.Store(false) }
 
-// setClaims puts a verified token in force; c.mu is held.
-func (c *conn) setClaims(cl auth.Claims) {
-	c.claims = cl
-	c.expires = time.Time{}
-	if !cl.ExpiresAt.IsZero() {
-		c.expires = cl.ExpiresAt.Add(c.srv.cfg.Leeway)
+// expiry is when the token in force stops holding the connection open:
+// its exp plus the leeway, zero when it has none; c.mu is held.
+func (c *conn) expiry() time.Time {
+	if c.claims.ExpiresAt.IsZero() {
+		return time.Time{}
 	}
+	return c.claims.ExpiresAt.Add(c.srv.cfg.Leeway)
 }
 
 // onTimer closes a connection whose token expired, sends pings, closes a
@@ -191,7 +190,8 @@ func (c *conn) setClaims(cl auth.Claims) {
 func (c *conn) onTimer() {
 	now := time.Now()
 	c.mu.Lock()
-	expired := !c.expires.IsZero() && !now.Before(c.expires)
+	exp := c.expiry()
+	expired := !exp.IsZero() && !now.Before(exp)
 	c.mu.Unlock()
 	if expired {
 		c.reply(errorMessage{Type: "error", Code: CodeTokenExpired,
@@ -229,8 +229,8 @@ func (c *conn) onTimer() {
 func (c *conn) untilNextCheck(now time.Time) time.Duration {
 	idle := time.Unix(0, c.lastFrame.Load()).Add(c.srv.cfg.IdleTimeout)
 	d := min(c.nextPing.Sub(now), idle.Sub(now))
-	if !c.expires.IsZero() {
-		d = min(d, c.expires.Sub(now))
+	if exp := c.expiry(); !exp.IsZero() {
+		d = min(d, exp.Sub(now))
 	}
 	return max(d, time.Millisecond)
 }

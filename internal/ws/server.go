@@ -60,6 +60,10 @@ var (
 	ErrUserLimit = errors.New("user connection limit reached")
 )
 
+// ErrUpgrade wraps every error of an upgrade that failed once the
+// connection was taken over: nothing more can be written to the client.
+var ErrUpgrade = errors.New("upgrade failed")
+
 // Params is what the handshake established about a new connection.
 type Params struct {
 	Claims    auth.Claims    // the verified token: user, expiry, entitlements
@@ -163,8 +167,8 @@ func headerHasToken(values []string, token string) bool {
 
 // Accept upgrades r and starts serving the connection. It returns
 // ErrFull, ErrUserLimit or ErrDraining, having written nothing, when it
-// cannot take the connection; any other error means the upgrade itself
-// failed.
+// cannot take the connection, and an error wrapping ErrUpgrade when the
+// upgrade itself failed.
 func (s *Server) Accept(w http.ResponseWriter, r *http.Request, p Params) error {
 	user := p.Claims.Subject
 	if err := s.reserve(user); err != nil {
@@ -181,7 +185,7 @@ func (s *Server) Accept(w http.ResponseWriter, r *http.Request, p Params) error 
 		if nc != nil {
 			nc.Close()
 		}
-		return fmt.Errorf("upgrade: %w", err)
+		return fmt.Errorf("%w: %w", ErrUpgrade, err)
 	}
 	c := newConn(s, nc, rw.Reader, neg.deflater(), s.next.Add(1), user, r.RemoteAddr)
 	if !s.register(c) {

@@ -99,7 +99,7 @@ func (c *conn) refresh(m clientMessage) error {
 	}
 	c.hold()
 	c.mu.Lock()
-	c.setClaims(cl)
+	c.claims = cl
 	c.timer.Reset(c.untilNextCheck(time.Now()))
 	c.mu.Unlock()
 	subscribed, _ := Resolve(c.srv.hub.Store(), c.sub.Symbols())
