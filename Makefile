@@ -1,0 +1,41 @@
+# quoted: the two commands of README.rst (make run, make test), plus lint.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+ARGS   ?=
+
+.PHONY: install install-test run test lint redis clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Installs quoted (editable) with the versions CI tested.
+install: $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt --config-settings editable_mode=compat -e .
+	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; import twisted.plugins; list(getPlugins(IPlugin, twisted.plugins))"
+
+install-test: $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt --config-settings editable_mode=compat -e '.[test,dev]'
+	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; import twisted.plugins; list(getPlugins(IPlugin, twisted.plugins))"
+
+# The daemon on built-in defaults: simulator, in-memory hub, development
+# auth that prints a demo token, on 127.0.0.1:8080.
+run: install
+	$(BIN)/twistd --nodaemon --pidfile= --logger=quoted.logs.observer quoted --dev $(ARGS)
+
+# Starts a Redis on 127.0.0.1:6379 when nothing answers there.
+redis:
+	@$(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', 6379), 1).close()" 2>/dev/null \
+	  || redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes
+
+test: install-test redis
+	$(BIN)/pytest $(ARGS)
+
+lint: install-test
+	$(BIN)/ruff check quoted tests twisted bench
+	$(BIN)/ruff format --check quoted tests twisted bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info twisted/plugins/dropin.cache

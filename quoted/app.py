@@ -1,0 +1,106 @@
+"""Wiring: one function builds quoted from its configuration.
+
+``build`` is the only place that knows every part. It takes the reactor as a
+parameter (only the plugin's makeService imports the global one), so tests
+build the same service on the real reactor or a fake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+
+from quoted.auth import TokenVerifier
+from quoted.config import Config
+from quoted.gate import Gate
+from quoted.hub import FanOutHub
+from quoted.metrics import Metrics
+from quoted.model import load_instruments
+from quoted.oscillator import OscillatorService
+from quoted.pool import ConnectionPool
+from quoted.protocol import QuoteFactory
+from quoted.ratelimit import IPRateLimiter
+from quoted.store import Entry, QuoteStore
+from quoted.web import Router, make_site
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """The built parts, for tests and the plugin."""
+
+    store: QuoteStore
+    hub: FanOutHub
+    pool: ConnectionPool
+    verifier: TokenVerifier
+    metrics: Metrics
+    oscillator: OscillatorService
+    factory: QuoteFactory
+
+
+class QuotedService(MultiService):
+    """Starts every part; on stop, drains the clients first, then stops the parts."""
+
+    log = Logger()
+
+    def __init__(self, parts: Parts, shutdown_timeout: float) -> None:
+        super().__init__()
+        self.parts = parts
+        self.shutdown_timeout = shutdown_timeout
+
+    def stopService(self) -> Deferred[None]:
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        await self.parts.pool.drain(self.shutdown_timeout)
+        await super().stopService()
+        self.log.info("quoted stopped", log_id="quoted.app.stopped")
+
+
+def build(config: Config, reactor: Any, *, secret: bytes | None = None) -> QuotedService:
+    """Every part of quoted as one service, on ``reactor`` (IReactorTime, IReactorTCP...).
+
+    ``secret`` overrides the configured HMAC secret (development mode passes a random one).
+    """
+    metrics = Metrics(CollectorRegistry())
+    instruments = load_instruments(config.feed.instruments_file, config.feed.synthetic_symbols)
+    store = QuoteStore(instruments, int(reactor.seconds() * 1000))
+    verifier = TokenVerifier.from_config(config.auth, reactor, secret)
+    ws = config.websocket
+    hub = FanOutHub(reactor, metrics, ws.circuit_breaker_threshold)
+    pool = ConnectionPool(reactor, ws)
+
+    def active() -> list[Entry]:
+        return hub.active()
+
+    def on_tick(moved: int, skipped: int) -> None:
+        metrics.ticks.inc()
+        metrics.symbol_updates.inc(moved)
+        if skipped:
+            metrics.ticks_skipped.inc(skipped)
+
+    oscillator = OscillatorService(
+        reactor, config.feed.update_interval, config.feed.oscillation_percent,
+        config.feed.mode, active, hub.publish, on_tick=on_tick,
+    )
+    factory = QuoteFactory(reactor, ws, store, hub, pool, verifier, metrics)
+    limiter = IPRateLimiter(reactor, ws.handshake_rate_per_ip)
+    gate = Gate(factory, config.server, ws, store, pool, verifier, limiter, metrics)
+    router = Router(gate, store, pool, verifier, metrics)
+    site = make_site(router, reactor)
+    metrics.broker_up.set(1)
+    metrics.feed_leader.set(1)
+
+    parts = Parts(store, hub, pool, verifier, metrics, oscillator, factory)
+    service = QuotedService(parts, config.server.shutdown_timeout)
+    pool.setServiceParent(service)
+    oscillator.setServiceParent(service)
+    listener = strports.service(config.server.listen, site, reactor=reactor)
+    listener.setName("listener")
+    listener.setServiceParent(service)
+    return service

@@ -1,0 +1,435 @@
+"""JWT verification (docs/protocol.md section 1, "Token"), ported from the Go prototype.
+
+The accepted algorithms follow from the configured key, never from the token: a shared
+secret verifies HS256/384/512, an RSA key (2048 bits or more) RS* and PS*, an ECDSA key only
+its curve's ES algorithm, an Ed25519 key EdDSA. ``alg: none`` and algorithm confusion (an
+HS256 token "signed" with the RSA public key) are therefore refused.
+
+pyjwt checks the signature only. The structure (segments, base64url, JSON, claim types) and
+the time claims are checked here, the latter against the injected clock (``clock.seconds()``)
+so that tests drive expiry with ``task.Clock``.
+
+Nothing here ever puts any part of a token in an exception, a repr or a log line: a
+:class:`TokenError` carries only its code, a fixed message and a fixed reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from twisted.internet.interfaces import IReactorTime
+
+if TYPE_CHECKING:
+    from quoted.config import AuthConfig
+
+MISSING_TOKEN: Final = "missing_token"
+MALFORMED_TOKEN: Final = "malformed_token"
+INVALID_TOKEN: Final = "invalid_token"
+TOKEN_EXPIRED: Final = "token_expired"
+
+# The 401 bodies' messages (Go internal/server/errors.go): fixed, never quoting the token.
+MESSAGES: Final[dict[str, str]] = {
+    MISSING_TOKEN: "a token is required: Authorization: Bearer <JWT>, or ?token=<JWT>",
+    MALFORMED_TOKEN: (
+        "the token is not a well-formed JWT, or the Authorization header is not Bearer"
+    ),
+    INVALID_TOKEN: "the token's signature, algorithm or claims are not accepted",
+    TOKEN_EXPIRED: "the token has expired",
+}
+
+DEFAULT_LEEWAY: Final = 30.0
+MIN_RSA_BITS: Final = 2048
+MAX_SYMBOLS: Final = 10_000
+"""Cap on the symbols claim, so a token cannot make the server hold an arbitrarily large set."""
+
+HMAC_ALGORITHMS: Final = ("HS256", "HS384", "HS512")
+RSA_ALGORITHMS: Final = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+_EC_ALGORITHMS: Final[dict[str, str]] = {
+    "secp256r1": "ES256",
+    "secp384r1": "ES384",
+    "secp521r1": "ES512",
+}
+
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+
+
+class TokenError(Exception):
+    """A refused token: ``code`` and ``message`` for the client, ``reason`` for logs.
+
+    None of them ever holds any part of the token.
+    """
+
+    def __init__(self, code: str, reason: str = "") -> None:
+        self.code = code
+        self.message = MESSAGES[code]
+        self.reason = reason or code.replace("_", " ")
+        super().__init__(code, self.reason)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"TokenError({self.code!r}, {self.reason!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What a verified token tells the server."""
+
+    subject: str
+    expires_at: float
+    """``exp``, unix seconds."""
+    symbols: frozenset[str] | None
+    """The entitlement, trimmed and upper-cased; None allows every symbol (``"*"`` or absent)."""
+
+    def entitled(self, symbol: str) -> bool:
+        """Whether the holder may receive ``symbol``, which must already be upper-case."""
+        return self.symbols is None or symbol in self.symbols
+
+
+def bearer_token(authorization: list[bytes] | list[str], query_token: str | None) -> str:
+    """The request's token: ``Authorization: Bearer <tok>`` first, else ``?token=``.
+
+    Several Authorization headers, or one of another shape, are ``malformed_token`` even when
+    the query has a token: a client that sent credentials should hear they are wrong. No
+    header and no (non-empty) query token is ``missing_token``.
+    """
+    if authorization:
+        if len(authorization) > 1:
+            raise TokenError(MALFORMED_TOKEN, "several Authorization headers")
+        header = authorization[0]
+        if isinstance(header, bytes):
+            header = header.decode("latin-1")
+        scheme, space, token = header.partition(" ")
+        token = token.strip()
+        if not space or scheme.lower() != "bearer" or not token:
+            raise TokenError(MALFORMED_TOKEN, "Authorization header is not Bearer <token>")
+        return token
+    if query_token:
+        return query_token
+    raise TokenError(MISSING_TOKEN, "no token")
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+_PEM_BLOCK: Final = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
+
+
+def load_public_key(pem: bytes) -> PublicKey:
+    """The first key of a PEM file: a PKIX ``PUBLIC KEY``, a PKCS #1 ``RSA PUBLIC KEY`` or a
+    ``CERTIFICATE`` (its dates and chain are not checked: the file is trusted config).
+
+    Other blocks (``EC PARAMETERS``) are skipped; a private key is refused, since the server
+    only verifies. Raises ValueError with a reason that never quotes the file.
+    """
+    for match in _PEM_BLOCK.finditer(pem):
+        kind = match.group(1).decode("ascii")
+        block = match.group(0)
+        try:
+            if kind in ("PUBLIC KEY", "RSA PUBLIC KEY"):
+                key: Any = load_pem_public_key(block)
+            elif kind == "CERTIFICATE":
+                key = x509.load_pem_x509_certificate(block).public_key()
+            elif kind.endswith("PRIVATE KEY"):
+                raise ValueError("holds a private key, want the public key only")
+            else:
+                continue
+        except ValueError as exc:
+            if "private key" in str(exc):
+                raise
+            raise ValueError(f"the {kind} PEM block does not parse") from None
+        except Exception:  # cryptography's UnsupportedAlgorithm and the like
+            raise ValueError(f"the {kind} PEM block holds an unsupported key") from None
+        if not isinstance(key, PublicKey):
+            raise ValueError("key type not supported, want RSA, ECDSA or Ed25519")
+        return key
+    raise ValueError('no "PUBLIC KEY", "RSA PUBLIC KEY" or "CERTIFICATE" PEM block')
+
+
+def algorithms_for(key: PublicKey) -> tuple[str, ...]:
+    """The algorithms ``key`` may verify; ValueError for a key this server does not support."""
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise ValueError(f"RSA key of {key.key_size} bits, want at least {MIN_RSA_BITS}")
+        return RSA_ALGORITHMS
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        alg = _EC_ALGORITHMS.get(key.curve.name)
+        if alg is None:
+            raise ValueError("ECDSA curve not supported, want P-256, P-384 or P-521")
+        return (alg,)
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return ("EdDSA",)
+    raise ValueError("key type not supported, want RSA, ECDSA or Ed25519")
+
+
+# --- token structure -------------------------------------------------------------------------
+
+_BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)  # NaN and Infinity are not JSON
+
+
+_JSON: Final = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _segment(text: str) -> bytes:
+    if not _BASE64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise TokenError(MALFORMED_TOKEN, "a segment is not base64url")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise TokenError(MALFORMED_TOKEN, "a segment is not base64url") from None
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = _JSON.decode(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+        raise TokenError(MALFORMED_TOKEN, f"the {what} is not JSON") from None
+    if not isinstance(value, dict):
+        raise TokenError(MALFORMED_TOKEN, f"the {what} is not a JSON object")
+    return value
+
+
+def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    # A registered claim of the wrong JSON type is malformed, as in Go's jwt/v5.
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TokenError(MALFORMED_TOKEN, f"{name} claim is not a number")
+    try:
+        result = float(value)
+    except OverflowError:
+        raise TokenError(MALFORMED_TOKEN, f"{name} claim is out of range") from None
+    if not math.isfinite(result):
+        raise TokenError(MALFORMED_TOKEN, f"{name} claim is out of range")
+    return result
+
+
+def _string_claim(claims: dict[str, Any], name: str) -> str:
+    value = claims.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TokenError(MALFORMED_TOKEN, f"{name} claim is not a string")
+    return value
+
+
+def _audience(claims: dict[str, Any]) -> list[str]:
+    value = claims.get("aud")
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    raise TokenError(MALFORMED_TOKEN, "aud claim is not a string or a list of strings")
+
+
+_SYMBOLS_SHAPE: Final = 'symbols claim must be "*" or a list of symbols'
+
+
+def _symbols(claims: dict[str, Any]) -> frozenset[str] | None:
+    if "symbols" not in claims:
+        return None
+    value = claims["symbols"]
+    if value == "*":
+        return None
+    if not isinstance(value, list):
+        raise TokenError(INVALID_TOKEN, _SYMBOLS_SHAPE)
+    if len(value) > MAX_SYMBOLS:
+        raise TokenError(INVALID_TOKEN, f"symbols claim lists more than {MAX_SYMBOLS} symbols")
+    out: set[str] = set()
+    for item in value:
+        if not isinstance(item, str):
+            raise TokenError(INVALID_TOKEN, _SYMBOLS_SHAPE)
+        symbol = item.strip().upper()
+        # An empty entry or "*" in a list: the issuer meant something the list cannot say,
+        # and guessing could grant too much.
+        if symbol in ("", "*"):
+            raise TokenError(INVALID_TOKEN, _SYMBOLS_SHAPE)
+        out.add(symbol)
+    return frozenset(out)
+
+
+# --- verifier --------------------------------------------------------------------------------
+
+
+class _Seconds(Protocol):
+    def seconds(self) -> float: ...
+
+
+class TokenVerifier:
+    """Checks tokens against one key: a shared secret or a public key.
+
+    Built once at start-up, so each handshake only parses and checks.
+    """
+
+    __slots__ = ("_audience", "_issuer", "_jws", "_key", "_leeway", "_seconds", "algorithms")
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        secret: bytes | None = None,
+        public_key_pem: bytes | None = None,
+        issuer: str = "",
+        audience: str = "",
+        leeway: float = DEFAULT_LEEWAY,
+    ) -> None:
+        if bool(secret) == bool(public_key_pem):
+            raise ValueError("set exactly one of a (non-empty) secret and a public key")
+        if not math.isfinite(leeway) or leeway < 0:
+            raise ValueError("leeway must be a non-negative number of seconds")
+        # IReactorTime.seconds, typed for mypy with or without the zope plugin
+        self._seconds = cast(_Seconds, clock).seconds
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = float(leeway)
+        self._key: bytes | PublicKey
+        if secret:
+            self._key = bytes(secret)
+            self.algorithms: tuple[str, ...] = HMAC_ALGORITHMS
+        else:
+            assert public_key_pem is not None
+            key = load_public_key(public_key_pem)
+            self.algorithms = algorithms_for(key)
+            self._key = key
+        self._jws = jwt.PyJWS(algorithms=list(self.algorithms))
+
+    def __repr__(self) -> str:
+        return f"<TokenVerifier algorithms={','.join(self.algorithms)}>"
+
+    @classmethod
+    def from_config(
+        cls, auth: AuthConfig, clock: IReactorTime, secret: bytes | None = None
+    ) -> TokenVerifier:
+        """The verifier of the ``[auth]`` settings; ``secret`` overrides ``auth.secret``
+        (development mode passes a random one). Reads ``public_key_file`` now, so call it
+        before the reactor runs. ValueError names the setting at fault."""
+        if auth.jwks_url:
+            raise ValueError("[auth] jwks_url: not supported yet")
+        key_secret = secret if secret else auth.secret
+        common: dict[str, Any] = {
+            "issuer": auth.issuer,
+            "audience": auth.audience,
+            "leeway": auth.leeway,
+        }
+        if auth.public_key_file:
+            if key_secret:
+                raise ValueError(
+                    "[auth] public_key_file: a secret is set too; set only one token key"
+                )
+            path = Path(auth.public_key_file)
+            try:
+                pem = path.read_bytes()
+            except OSError as exc:
+                raise ValueError(
+                    f"[auth] public_key_file: cannot read {str(path)!r}: {exc.strerror}"
+                ) from None
+            try:
+                return cls(clock, public_key_pem=pem, **common)
+            except ValueError as exc:
+                raise ValueError(f"[auth] public_key_file: {str(path)!r}: {exc}") from None
+        if not key_secret:
+            raise ValueError("[auth] secret_file: no token key is configured")
+        return cls(clock, secret=key_secret, **common)
+
+    def verify(self, token: str) -> Claims:
+        """The claims of a valid token; TokenError (never quoting the token) otherwise."""
+        if not token:
+            raise TokenError(MISSING_TOKEN)
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise TokenError(MALFORMED_TOKEN, "not three segments")
+        _json_object(_segment(parts[0]), "header")
+        claims = _json_object(_segment(parts[1]), "payload")
+        _segment(parts[2])
+        exp = _numeric_date(claims, "exp")
+        nbf = _numeric_date(claims, "nbf")
+        iat = _numeric_date(claims, "iat")
+        subject = _string_claim(claims, "sub")
+        issuer = _string_claim(claims, "iss")
+        audience = _audience(claims)
+
+        try:
+            self._jws.decode_complete(token, self._key, algorithms=list(self.algorithms))
+        except jwt.InvalidAlgorithmError:
+            raise TokenError(INVALID_TOKEN, "algorithm not allowed for the key") from None
+        except jwt.InvalidSignatureError:
+            raise TokenError(INVALID_TOKEN, "bad signature") from None
+        except Exception:  # any other refusal by pyjwt; its text may quote the header
+            raise TokenError(INVALID_TOKEN, "cannot be verified") from None
+
+        # The order of Go's refusal(): a token from the wrong issuer is invalid even when it
+        # has also expired, since a fresh one would not help.
+        if self._issuer:
+            if not issuer:
+                raise TokenError(INVALID_TOKEN, "iss claim missing")
+            if issuer != self._issuer:
+                raise TokenError(INVALID_TOKEN, "wrong issuer")
+        if self._audience:
+            if not audience:
+                raise TokenError(INVALID_TOKEN, "aud claim missing")
+            if self._audience not in audience:
+                raise TokenError(INVALID_TOKEN, "wrong audience")
+        if exp is None:
+            raise TokenError(INVALID_TOKEN, "exp claim missing")
+        now = self._seconds()
+        if now >= exp + self._leeway:
+            raise TokenError(TOKEN_EXPIRED)
+        if nbf is not None and now < nbf - self._leeway:
+            raise TokenError(INVALID_TOKEN, "not valid yet")
+        if iat is not None and now < iat - self._leeway:
+            raise TokenError(INVALID_TOKEN, "issued in the future")
+        if not subject:
+            raise TokenError(INVALID_TOKEN, "sub claim missing")
+        return Claims(subject=subject, expires_at=exp, symbols=_symbols(claims))
+
+
+def mint_token(
+    secret: bytes,
+    subject: str,
+    *,
+    now: float,
+    ttl: float,
+    symbols: list[str] | None = None,
+    algorithm: str = "HS256",
+    issuer: str = "",
+    audience: str = "",
+) -> str:
+    """An HMAC-signed token for ``subject``: iat ``now``, exp ``now + ttl`` (whole seconds; a
+    negative ttl makes an expired token), the ``symbols`` claim when given, and ``iss``/``aud``
+    when given. For the development-mode demo token, tests and the load generator."""
+    if not subject:
+        raise ValueError("mint token: empty subject")
+    if not secret:
+        raise ValueError("mint token: no secret")
+    if algorithm not in HMAC_ALGORITHMS:
+        raise ValueError(f"mint token: algorithm must be one of {', '.join(HMAC_ALGORITHMS)}")
+    claims: dict[str, Any] = {
+        "sub": subject,
+        "iat": math.floor(now),
+        "exp": math.floor(now + ttl),
+    }
+    if issuer:
+        claims["iss"] = issuer
+    if audience:
+        claims["aud"] = audience
+    if symbols is not None:
+        claims["symbols"] = list(symbols)
+    return jwt.encode(claims, secret, algorithm=algorithm)

@@ -1,0 +1,158 @@
+"""The open connections: limits, liveness (pings, idle timeout) and draining.
+
+One sweep (a LoopingCall on the injected clock) serves every connection:
+no timer per connection, so timers do not grow with clients. Each connection
+gets its first ping at a random point within the first interval, so clients
+that reconnected together are not pinged together.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from quoted.config import WebSocketConfig
+
+if TYPE_CHECKING:
+    from quoted.protocol import QuoteProtocol
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+
+
+class ConnectionPool(Service):
+    """Every open WebSocket connection, and the sweep that keeps them honest."""
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, config: WebSocketConfig,
+                 rng: random.Random | None = None) -> None:
+        self._clock = clock
+        self._config = config
+        self._rng = rng or random.Random()
+        self.connections: set[QuoteProtocol] = set()
+        self.per_user: Counter[str] = Counter()
+        # handshakes accepted whose connection has not closed yet
+        self.reserved = 0
+        self.draining = False
+        self._sweep: LoopingCall | None = None
+        self._closed: dict[QuoteProtocol, Deferred[None]] = {}
+
+    # -- limits -------------------------------------------------------------
+
+    def is_full(self) -> bool:
+        return self.reserved >= self._config.max_connections
+
+    def user_is_full(self, user: str) -> bool:
+        return self.per_user[user] >= self._config.user_max_connections
+
+    def reserve(self, user: str) -> None:
+        """Count an accepted handshake against the limits until release()."""
+        self.reserved += 1
+        self.per_user[user] += 1
+
+    def release(self, user: str) -> None:
+        self.reserved -= 1
+        self.per_user[user] -= 1
+        if self.per_user[user] <= 0:
+            del self.per_user[user]
+
+    # -- membership ---------------------------------------------------------
+
+    def add(self, conn: QuoteProtocol) -> None:
+        now = self._clock.seconds()
+        conn.last_seen = now
+        conn.next_ping = now + self._rng.uniform(0, self._config.health_check_interval)
+        conn.ping_outstanding = False
+        self.connections.add(conn)
+
+    def remove(self, conn: QuoteProtocol) -> None:
+        self.connections.discard(conn)
+        d = self._closed.pop(conn, None)
+        if d is not None:
+            d.callback(None)
+
+    # -- the sweep ----------------------------------------------------------
+
+    def sweep_step(self) -> float:
+        """How often the sweep runs: a tenth of the shortest timeout, 50 ms to 1 s."""
+        shortest = min(self._config.health_check_interval, self._config.idle_timeout)
+        return max(0.05, min(1.0, shortest / 10))
+
+    def startService(self) -> None:
+        super().startService()
+        self._sweep = LoopingCall(self.sweep)
+        self._sweep.clock = self._clock
+        self._sweep.start(self.sweep_step(), now=False).addErrback(self._sweep_failed)
+
+    def _sweep_failed(self, failure: Failure) -> None:
+        self.log.failure("the connection sweep stopped", failure,
+                         log_id="quoted.pool.sweep_failed")
+
+    def sweep(self) -> None:
+        """Close idle connections and those that did not answer the last ping; send pings."""
+        now = self._clock.seconds()
+        idle = self._config.idle_timeout
+        interval = self._config.health_check_interval
+        for conn in list(self.connections):
+            if now - conn.last_seen >= idle:
+                conn.close_with(CLOSE_POLICY, "idle timeout")
+            elif now >= conn.next_ping:
+                if conn.ping_outstanding:
+                    conn.close_with(CLOSE_POLICY, "no pong to the last ping")
+                else:
+                    conn.ping_outstanding = True
+                    conn.next_ping = now + interval
+                    conn.sendPing()
+
+    # -- shutdown -----------------------------------------------------------
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """Refuse new handshakes, close every client with 1001, wait up to timeout.
+
+        Connections still open when the timeout passes are dropped.
+        """
+        self.draining = True
+        if not self.connections:
+            return succeed(None)
+        waits: list[Deferred[None]] = []
+        for conn in list(self.connections):
+            d: Deferred[None] = Deferred()
+            self._closed[conn] = d
+            waits.append(d)
+            conn.close_with(CLOSE_GOING_AWAY, "server shutting down")
+        self.log.info("closing {count} connections: server shutting down",
+                      count=len(waits), log_id="quoted.pool.draining")
+        done: Deferred[None] = Deferred()
+        timer: IDelayedCall = self._clock.callLater(timeout, self._drop_rest, done)
+
+        def all_closed(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+                done.callback(None)
+
+        DeferredList(waits).addCallback(all_closed)
+        return done
+
+    def _drop_rest(self, done: Deferred[None]) -> None:
+        left = list(self._closed)
+        if left:
+            self.log.warn("dropping {count} connections that did not close in time",
+                          count=len(left), log_id="quoted.pool.dropped")
+        for conn in left:
+            conn.abort()
+        done.callback(None)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._sweep is not None and self._sweep.running:
+            self._sweep.stop()
+        return None

@@ -1,0 +1,80 @@
+"""twistd entry point: ``twistd quoted [--config PATH] [--dev] [--listen ENDPOINT]``."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from quoted import logs
+from quoted.app import build
+from quoted.auth import mint_token
+from quoted.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from quoted.model import InstrumentError
+
+DEMO_TTL = 24 * 3600
+DEMO_SYMBOLS = "AAPL,GOOGL"
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH] [--dev] [--listen ENDPOINT]"
+    longdesc = (
+        "quoted: real-time quotes over WebSocket as RFC 6902 JSON Patch. "
+        "Settings come from the INI file, then QUOTED_<SECTION>_<KEY> environment variables."
+    )
+    optParameters = [
+        ["config", "c", None, f"the configuration file [default: {DEFAULT_CONFIG_PATH}, if present]"],
+        ["listen", "l", None, "a Twisted server endpoint; overrides [server] listen"],
+    ]
+    optFlags = [
+        ["dev", None, "development mode: a random token secret and a printed demo token"],
+    ]
+
+
+def http_base(listen: str) -> str:
+    """A URL for the banner from a tcp:/ssl: endpoint string (best effort)."""
+    parts = listen.split(":")
+    kind = parts[0]
+    port = next((p for p in parts[1:] if p.isdigit()), "8080")
+    host = next((p.split("=", 1)[1] for p in parts if p.startswith("interface=")), "localhost")
+    if host in ("", "0.0.0.0", "::"):
+        host = "localhost"
+    scheme = "https" if kind == "ssl" else "http"
+    return f"{scheme}://{host}:{port}"
+
+
+def dev_banner(secret: bytes, listen: str, now: float) -> str:
+    token = mint_token(secret, "demo", now=now, ttl=DEMO_TTL)
+    base = http_base(listen)
+    ws = base.replace("http", "ws", 1)
+    return (
+        "quoted development mode: no token key is configured, so tokens are signed\n"
+        "with a random secret that lives as long as this process.\n\n"
+        f"Demo token (sub \"demo\", valid 24h):\n  {token}\n\n"
+        f"WebSocket:\n  {ws}/ws/quotes?symbols={DEMO_SYMBOLS}&token={token}\n\n"
+        f"REST:\n  curl -H 'Authorization: Bearer {token}' '{base}/v1/quotes?symbols={DEMO_SYMBOLS}'\n"
+    )
+
+
+def makeService(options: dict[str, Any]) -> IService:
+    from twisted.internet import reactor
+
+    try:
+        config = load_config(options["config"], dev=bool(options["dev"]),
+                             listen=options["listen"])
+    except ConfigError as e:
+        raise SystemExit(f"quoted: configuration error:\n{e}") from None
+    logs.configure(config.log)
+    secret = None
+    if config.dev and config.auth.secret is None and not config.auth.public_key_file:
+        secret = secrets.token_bytes(32)
+        # straight to the terminal, before twistd's logging begins: never into the logs
+        sys.stdout.write(dev_banner(secret, config.server.listen, reactor.seconds()))
+        sys.stdout.flush()
+    try:
+        return build(config, reactor, secret=secret)
+    except (InstrumentError, ValueError, OSError) as e:
+        raise SystemExit(f"quoted: {e}") from None

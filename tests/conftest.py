@@ -1,0 +1,38 @@
+"""Shared fixtures: a real quoted on the real reactor, per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest_twisted
+
+from tests.harness import QuotedServer, make_config
+
+
+@pytest_twisted.async_yield_fixture
+async def start_server() -> AsyncIterator[Callable[..., Any]]:
+    """``await start_server(websocket={...})``: a started quoted, stopped after the test."""
+    servers: list[QuotedServer] = []
+
+    async def start(**sections: dict[str, Any]) -> QuotedServer:
+        s = QuotedServer(make_config(**sections))
+        await s.start()
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        if s.service.running:
+            await s.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def server() -> AsyncIterator[QuotedServer]:
+    """quoted on defaults, ticking every 50 ms with every symbol moving."""
+    s = QuotedServer(make_config(feed={"update_interval": 0.05, "mode": "all"}))
+    await s.start()
+    yield s
+    if s.service.running:
+        await s.stop()
+

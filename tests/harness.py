@@ -1,0 +1,285 @@
+"""A real quoted on the real reactor, and real clients over real sockets.
+
+``QuotedServer`` runs ``quoted.app.build`` in this process on a free port;
+``WSClient`` is Autobahn's client keeping every message and the close code;
+``http`` sends one raw HTTP request and reads the whole answer, so tests see
+exactly the status, headers and body a client would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import jsonpatch
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateResponse,
+    PerMessageDeflateResponseAccept,
+)
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Protocol
+
+from quoted.app import QuotedService, build
+from quoted.auth import mint_token
+from quoted.config import Config, load_config
+
+SECRET = b"test-secret-that-is-at-least-32-bytes-long!"
+
+
+def make_config(**sections: dict[str, Any]) -> Config:
+    """Defaults on a free loopback port, with per-section overrides:
+    ``make_config(websocket={"max_connections": 2})``."""
+    base = load_config(None, environ={"JWT_SECRET": SECRET.decode()},
+                       listen="tcp:0:interface=127.0.0.1")
+    changes = {name: dataclasses.replace(getattr(base, name), **values)
+               for name, values in sections.items()}
+    return dataclasses.replace(base, **changes)
+
+
+def sleep(seconds: float) -> defer.Deferred[None]:
+    """Real time passing, for tests against a real server on the real reactor."""
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) -> None:
+    waited = 0.0
+    while not check():
+        if waited >= timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await sleep(step)
+        waited += step
+
+
+class QuotedServer:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.service: QuotedService = build(config, reactor)
+        self.port = 0
+
+    async def start(self) -> None:
+        self.service.startService()
+        listener = self.service.getServiceNamed("listener")
+        port = await listener._waitingForPort
+        self.port = port.getHost().port
+
+    async def stop(self) -> None:
+        await self.service.stopService()
+
+    @property
+    def parts(self) -> Any:
+        return self.service.parts
+
+    def token(self, sub: str = "alice", ttl: float = 3600, **kw: Any) -> str:
+        return mint_token(SECRET, sub, now=reactor.seconds(), ttl=ttl, **kw)
+
+    def url(self, query: str = "") -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/quotes" + (f"?{query}" if query else "")
+
+    async def connect(self, query: str = "", token: str | None = None, compress: bool = False,
+                      headers: dict[str, str] | None = None) -> WSClient:
+        tok = self.token() if token is None else token
+        return await WSClient.open(self.port, query, tok, compress=compress, headers=headers)
+
+    async def get(self, path: str, token: str | None = None,
+                  headers: dict[str, str] | None = None) -> Response:
+        hdrs = dict(headers or {})
+        if token is not None:
+            hdrs["Authorization"] = f"Bearer {token}"
+        return await http(self.port, f"GET {path} HTTP/1.1", hdrs)
+
+    async def rest_quotes(self, symbols: list[str]) -> dict[str, Any]:
+        r = await self.get("/v1/quotes?symbols=" + ",".join(symbols), self.token())
+        assert r.status == 200, r
+        return r.json()["quotes"]  # type: ignore[no-any-return]
+
+
+@dataclasses.dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class _Collect(Protocol):
+    """Reads until the server closes, or until a response with Content-Length is whole."""
+
+    def __init__(self, whole_response: bool) -> None:
+        self.data = b""
+        self.whole_response = whole_response
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if self.whole_response and _complete(self.data):
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.done.called:
+            self.done.callback(self.data)
+
+
+def _complete(data: bytes) -> bool:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            return len(body) >= int(v)
+    return False
+
+
+async def raw(port: int, payload: bytes, host: str = "127.0.0.1",
+              whole_response: bool = False) -> bytes:
+    """Send bytes; read until the server closes (or a whole response, if asked)."""
+    proto = _Collect(whole_response)
+    endpoint = TCP4ClientEndpoint(reactor, host, port)
+    p = await endpoint.connect(_factory(proto))
+    p.transport.write(payload)
+    return await proto.done
+
+
+def _factory(proto: Protocol) -> Any:
+    from twisted.internet.protocol import Factory
+
+    return Factory.forProtocol(lambda: proto)
+
+
+def parse_response(data: bytes) -> Response:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    if headers.get("transfer-encoding") == "chunked":
+        body = _dechunk(body)
+    return Response(status, headers, body)
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = b""
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2:]
+    return out
+
+
+async def http(port: int, request_line: str, headers: dict[str, str] | None = None) -> Response:
+    """One HTTP/1.1 request with Connection: close; the whole answer, parsed."""
+    hdrs = {"Host": f"127.0.0.1:{port}", "Connection": "close"}
+    hdrs.update(headers or {})
+    head = request_line + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
+    return parse_response(await raw(port, head.encode("latin-1"), whole_response=True))
+
+
+def upgrade_headers(**extra: str) -> dict[str, str]:
+    h = {"Upgrade": "websocket", "Connection": "Upgrade",
+         "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
+    h.update(extra)
+    return h
+
+
+class WSClient(WebSocketClientProtocol):
+    """Autobahn's client, recording every message and applying every quotes_patch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[dict[str, Any]] = []
+        self.document: dict[str, Any] = {}
+        self.seqs: list[int] = []
+        self.opened: defer.Deferred[WSClient] = defer.Deferred()
+        self.closed: defer.Deferred[tuple[int | None, str | None]] = defer.Deferred()
+        self._waiters: list[tuple[Callable[[dict[str, Any]], bool], defer.Deferred[Any]]] = []
+        self.close_code: int | None = None
+
+    @classmethod
+    async def open(cls, port: int, query: str, token: str | None, *, compress: bool = False,
+                   headers: dict[str, str] | None = None) -> WSClient:
+        url = f"ws://127.0.0.1:{port}/ws/quotes" + (f"?{query}" if query else "")
+        hdrs = dict(headers or {})
+        if token:
+            hdrs["Authorization"] = f"Bearer {token}"
+        factory = WebSocketClientFactory(url, headers=hdrs, reactor=reactor)
+        factory.protocol = cls
+        if compress:
+            factory.setProtocolOptions(
+                perMessageCompressionOffers=[PerMessageDeflateOffer()],
+                perMessageCompressionAccept=_accept_deflate,
+            )
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        proto: WSClient = await endpoint.connect(factory)
+        return await proto.opened
+
+    def onOpen(self) -> None:
+        self.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        msg = json.loads(payload)
+        self.messages.append(msg)
+        if msg.get("type") == "quotes_patch":
+            self.seqs.append(msg["seq"])
+            self.document = jsonpatch.apply_patch(self.document, msg["operations"])
+        for pair in list(self._waiters):
+            if pair[0](msg):
+                self._waiters.remove(pair)
+                pair[1].callback(msg)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.close_code = code
+        if not self.opened.called:
+            self.opened.errback(ConnectionError(f"handshake failed: {reason}"))
+        self.closed.callback((code, reason))
+        for _, d in self._waiters:
+            d.errback(ConnectionError(f"closed {code} {reason}"))
+        self._waiters.clear()
+
+    def wait_for(self, match: Callable[[dict[str, Any]], bool], timeout: float = 10.0,
+                 start: int = 0) -> defer.Deferred[dict[str, Any]]:
+        """The first message from index ``start`` on that matches (already received or not)."""
+        for m in self.messages[start:]:
+            if match(m):
+                return defer.succeed(m)
+        d: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        self._waiters.append((match, d))
+        d.addTimeout(timeout, reactor)
+        return d
+
+    def wait_type(self, type_: str, start: int = 0, timeout: float = 10.0) -> defer.Deferred[Any]:
+        return self.wait_for(lambda m: m.get("type") == type_, timeout, start)
+
+    def send_json(self, value: Any) -> None:
+        self.sendMessage(json.dumps(value).encode())
+
+    def quotes(self) -> dict[str, Any]:
+        return self.document.get("quotes", {})  # type: ignore[no-any-return]
+
+
+def _accept_deflate(response: Any) -> Any:
+    if isinstance(response, PerMessageDeflateResponse):
+        return PerMessageDeflateResponseAccept(response)
+    return None
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port: int = s.getsockname()[1]
+    s.close()
+    return port
