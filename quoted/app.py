@@ -85,8 +85,13 @@ def build(config: Config, reactor: Any, *, secret: bytes | None = None) -> Quote
             metrics.ticks_skipped.inc(skipped)
 
     oscillator = OscillatorService(
-        reactor, config.feed.update_interval, config.feed.oscillation_percent,
-        config.feed.mode, active, hub.publish, on_tick=on_tick,
+        reactor,
+        config.feed.update_interval,
+        config.feed.oscillation_percent,
+        config.feed.mode,
+        active,
+        hub.publish,
+        on_tick=on_tick,
     )
     factory = QuoteFactory(reactor, ws, store, hub, pool, verifier, metrics)
     limiter = IPRateLimiter(reactor, ws.handshake_rate_per_ip)

@@ -21,8 +21,14 @@ REALM = b'Bearer realm="quoted"'
 class HTTPError(Exception):
     """A request refused with a status, a machine-readable code and a human message."""
 
-    def __init__(self, status: int, code: str, message: str, retry_after: int = 0,
-                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        retry_after: int = 0,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.status = status
         self.code = code
@@ -35,9 +41,12 @@ class HTTPError(Exception):
         return cls(401, e.code, e.message)
 
     def body(self) -> bytes:
-        return json.dumps(
-            {"error": {"code": self.code, "message": self.message}}, separators=(",", ":")
-        ).encode() + b"\n"
+        return (
+            json.dumps(
+                {"error": {"code": self.code, "message": self.message}}, separators=(",", ":")
+            ).encode()
+            + b"\n"
+        )
 
     def all_headers(self) -> list[tuple[bytes, bytes]]:
         out = [(b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store")]
@@ -70,20 +79,30 @@ def not_found() -> HTTPError:
 
 
 def method_not_allowed() -> HTTPError:
-    return HTTPError(405, "method_not_allowed", "only GET and HEAD are allowed",
-                     headers=((b"Allow", b"GET, HEAD"),))
+    return HTTPError(
+        405,
+        "method_not_allowed",
+        "only GET and HEAD are allowed",
+        headers=((b"Allow", b"GET, HEAD"),),
+    )
 
 
 def shutting_down() -> HTTPError:
-    return HTTPError(503, "shutting_down",
-                     "the server is shutting down; retry on another instance or later",
-                     RETRY_AFTER)
+    return HTTPError(
+        503,
+        "shutting_down",
+        "the server is shutting down; retry on another instance or later",
+        RETRY_AFTER,
+    )
 
 
 def server_full() -> HTTPError:
-    return HTTPError(503, "server_full",
-                     "the server holds its maximum number of connections; retry later",
-                     RETRY_AFTER)
+    return HTTPError(
+        503,
+        "server_full",
+        "the server holds its maximum number of connections; retry later",
+        RETRY_AFTER,
+    )
 
 
 def not_websocket(why: str) -> HTTPError:

@@ -34,7 +34,7 @@ def query_values(request: Request, name: bytes) -> list[str]:
 
 def request_token(request: Request) -> str:
     """The token of a request: Authorization: Bearer first, else ?token=."""
-    headers = request.requestHeaders.getRawHeaders(b"authorization") or []
+    headers = list(request.requestHeaders.getRawHeaders(b"authorization") or [])
     tokens = query_values(request, b"token")
     return bearer_token(headers, tokens[0] if tokens else None)
 
@@ -54,21 +54,25 @@ def requested_symbols(request: Request) -> list[str] | None:
     return parse_symbol_list(",".join(raw))
 
 
-def resolve_symbols(store: QuoteStore, symbols: list[str], limit: int,
-                    claims: Claims) -> tuple[list[Entry], list[str], list[str]]:
+def resolve_symbols(
+    store: QuoteStore, symbols: list[str], limit: int, claims: Claims
+) -> tuple[list[Entry], list[str], list[str]]:
     """Check a symbol list: (entitled entries, unknown symbols, forbidden symbols)."""
     if len(symbols) > limit:
-        raise HTTPError(400, "too_many_symbols",
-                        f"{len(symbols)} symbols requested; the limit is {limit}")
+        raise HTTPError(
+            400, "too_many_symbols", f"{len(symbols)} symbols requested; the limit is {limit}"
+        )
     entries, invalid = store.resolve(symbols)
     if not entries:
-        raise HTTPError(400, "no_valid_symbols",
-                        "\"symbols\" names no served symbol; see /v1/instruments")
+        raise HTTPError(
+            400, "no_valid_symbols", '"symbols" names no served symbol; see /v1/instruments'
+        )
     allowed = [e for e in entries if claims.entitled(e.symbol)]
     forbidden = [e.symbol for e in entries if not claims.entitled(e.symbol)]
     if not allowed:
-        raise HTTPError(403, "forbidden_symbols",
-                        "the token does not entitle any of the requested symbols")
+        raise HTTPError(
+            403, "forbidden_symbols", "the token does not entitle any of the requested symbols"
+        )
     return allowed, invalid, forbidden
 
 
@@ -113,19 +117,21 @@ def _valid_key(values: Sequence[bytes]) -> bool:
 
 def origin_allowed(request: Request, allowed: Sequence[str]) -> bool:
     """A browser's Origin must be listed (default: the request's own host)."""
-    origin = request.getHeader(b"origin")
-    if origin is None:
+    raw = request.getHeader(b"origin")
+    if raw is None:
         return True
-    origin = origin.strip().lower()
+    origin = raw.decode("latin-1").strip().lower()
     if not allowed:
-        host = (request.getHeader(b"host") or "").strip().lower()
+        host = (request.getHeader(b"host") or b"").decode("latin-1").strip().lower()
         netloc = urlsplit(origin).netloc
         return bool(netloc) and netloc == host
     return "*" in allowed or origin in allowed
 
 
-def client_ip(request: Request, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
-              ) -> str:
+def client_ip(
+    request: Request,
+    trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> str:
     """The client's address; from X-Forwarded-For only when the peer is a trusted proxy."""
     peer = request.getClientAddress()
     host = getattr(peer, "host", None) or "unix"
@@ -134,8 +140,10 @@ def client_ip(request: Request, trusted: Sequence[ipaddress.IPv4Network | ipaddr
     except ValueError:
         return host
     if trusted and _trusted(ip, trusted):
-        hops = ",".join(v.decode("latin-1") for v in
-                        request.requestHeaders.getRawHeaders(b"x-forwarded-for") or [])
+        hops = ",".join(
+            v.decode("latin-1")
+            for v in request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
+        )
         for hop in reversed(hops.split(",")):
             try:
                 ip = ipaddress.ip_address(hop.strip())
@@ -150,17 +158,27 @@ def client_ip(request: Request, trusted: Sequence[ipaddress.IPv4Network | ipaddr
     return str(ip)
 
 
-def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
-             trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+def _trusted(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> bool:
     return any(ip in net for net in trusted)
 
 
-class Gate(WebSocketResource):  # type: ignore[misc]
+class Gate(WebSocketResource):
     """GET /ws/quotes: checks, then hands the socket to Autobahn."""
 
-    def __init__(self, factory: QuoteFactory, server: ServerConfig, config: WebSocketConfig,
-                 store: QuoteStore, pool: ConnectionPool, verifier: TokenVerifier,
-                 limiter: IPRateLimiter, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        factory: QuoteFactory,
+        server: ServerConfig,
+        config: WebSocketConfig,
+        store: QuoteStore,
+        pool: ConnectionPool,
+        verifier: TokenVerifier,
+        limiter: IPRateLimiter,
+        metrics: Metrics,
+    ) -> None:
         super().__init__(factory)
         self.factory = factory
         self.server = server
@@ -194,12 +212,18 @@ class Gate(WebSocketResource):  # type: ignore[misc]
             raise shutting_down()
         wait = self.limiter.wait(client_ip(request, self.server.trusted_proxies))
         if wait > 0:
-            raise HTTPError(429, "rate_limited",
-                            "too many WebSocket handshakes from this address; retry later",
-                            max(1, int(wait + 0.999)))
+            raise HTTPError(
+                429,
+                "rate_limited",
+                "too many WebSocket handshakes from this address; retry later",
+                max(1, int(wait + 0.999)),
+            )
         if not origin_allowed(request, self.server.allowed_origins):
-            raise HTTPError(403, "forbidden_origin",
-                            "this Origin may not open WebSockets here; see [server] allowed_origins")
+            raise HTTPError(
+                403,
+                "forbidden_origin",
+                "this Origin may not open WebSockets here; see [server] allowed_origins",
+            )
         claims = verify_request(request, self.verifier)
         check_upgrade(request)
         symbols = requested_symbols(request)
@@ -208,11 +232,16 @@ class Gate(WebSocketResource):  # type: ignore[misc]
         forbidden: list[str] = []
         if symbols is not None:
             entries, invalid, forbidden = resolve_symbols(
-                self.store, symbols, self.config.max_symbols, claims)
+                self.store, symbols, self.config.max_symbols, claims
+            )
         if self.pool.user_is_full(claims.subject):
-            raise HTTPError(429, "too_many_connections",
-                            "this user holds the maximum number of connections on this server "
-                            "([websocket] user_max_connections); close one first", 5)
+            raise HTTPError(
+                429,
+                "too_many_connections",
+                "this user holds the maximum number of connections on this server "
+                "([websocket] user_max_connections); close one first",
+                5,
+            )
         if self.pool.is_full():
             raise server_full()
         return Accepted(claims.subject, claims, tuple(entries), tuple(invalid), tuple(forbidden))

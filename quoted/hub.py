@@ -88,14 +88,18 @@ class FanOutHub:
             return
         self.subscriptions.discard(sub)
         if sub.sent:
-            self._leave(sub, list(sub.sent))
-        else:
-            self._metrics.connections_idle.dec()
+            self._leave(sub, list(sub.sent))  # leaves it counted idle
+        self._metrics.connections_idle.dec()
         sub.pending.clear()
         sub.extra.clear()
 
-    def snapshot(self, sub: Subscription, entries: Sequence[Entry],
-                 invalid: Sequence[str], forbidden: Sequence[str]) -> None:
+    def snapshot(
+        self,
+        sub: Subscription,
+        entries: Sequence[Entry],
+        invalid: Sequence[str],
+        forbidden: Sequence[str],
+    ) -> None:
         """Subscribe the handshake's symbols and send the snapshot (seq 1)."""
         self._join(sub, entries)
         ops = [SNAPSHOT_HEAD]
@@ -104,15 +108,17 @@ class FanOutHub:
             ops.append(q.add_op)
             sub.sent[e] = q.version
         sub.seq = 1
-        payload = b"".join((
-            b'{"type":"quotes_patch","seq":1,"operations":[',
-            b",".join(ops),
-            b'],"invalid_symbols":',
-            json.dumps(list(invalid)).encode(),
-            b',"forbidden_symbols":',
-            json.dumps(list(forbidden)).encode(),
-            b"}",
-        ))
+        payload = b"".join(
+            (
+                b'{"type":"quotes_patch","seq":1,"operations":[',
+                b",".join(ops),
+                b'],"invalid_symbols":',
+                json.dumps(list(invalid)).encode(),
+                b',"forbidden_symbols":',
+                json.dumps(list(forbidden)).encode(),
+                b"}",
+            )
+        )
         self._metrics.symbol_updates_delivered.inc(len(entries))
         sub.conn.send_patch(payload)
 
@@ -206,16 +212,13 @@ class FanOutHub:
                 self.flush(sub)
         # once per tick: from when the tick's prices were computed to when its
         # last message was written (the latency of the last client served)
-        self._metrics.fanout_latency.observe(
-            max(0.0, self._clock.seconds() - oldest_ms / 1000.0)
-        )
+        self._metrics.fanout_latency.observe(max(0.0, self._clock.seconds() - oldest_ms / 1000.0))
 
     def flush(self, sub: Subscription) -> None:
         """Send one message with everything the connection has not seen yet, if anything."""
         ops = sub.extra
         delivered = len(ops)
-        if ops:
-            sub.extra = []
+        sub.extra = []
         if sub.pending:
             sent = sub.sent
             conflated = 0
@@ -241,13 +244,17 @@ class FanOutHub:
         sub.seq += 1
         sub.stalled = 0
         self._metrics.symbol_updates_delivered.inc(delivered)
-        sub.conn.send_patch(b"".join((
-            b'{"type":"quotes_patch","seq":',
-            str(sub.seq).encode(),
-            b',"operations":[',
-            b",".join(ops),
-            b"]}",
-        )))
+        sub.conn.send_patch(
+            b"".join(
+                (
+                    b'{"type":"quotes_patch","seq":',
+                    str(sub.seq).encode(),
+                    b',"operations":[',
+                    b",".join(ops),
+                    b"]}",
+                )
+            )
+        )
 
     def pause(self, sub: Subscription) -> None:
         sub.paused = True
@@ -265,7 +272,8 @@ class FanOutHub:
         if sub.stalled >= self._threshold:
             self.log.info(
                 "closing a slow consumer after {ticks} ticks it could not take",
-                ticks=sub.stalled, log_id="quoted.hub.slow_consumer",
+                ticks=sub.stalled,
+                log_id="quoted.hub.slow_consumer",
             )
             self.close(sub)
             sub.conn.slow_consumer()

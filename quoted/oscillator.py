@@ -48,7 +48,7 @@ class OscillatorService(Service):
 
     log = Logger()
 
-    def __init__(  # noqa: PLR0917 (the positional order is the documented API)
+    def __init__(
         self,
         clock: IReactorTime,
         interval: float,
@@ -83,7 +83,7 @@ class OscillatorService(Service):
         self._loop: LoopingCall | None = None
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+        super().startService()
         loop = LoopingCall.withCount(self._ticks)
         loop.clock = self._clock
         self._loop = loop
@@ -99,7 +99,7 @@ class OscillatorService(Service):
         loop, self._loop = self._loop, None
         if loop is not None and loop.running:
             loop.stop()
-        super().stopService()  # type: ignore[no-untyped-call]
+        super().stopService()
         return None
 
     def _crashed(self, failure: Failure) -> None:

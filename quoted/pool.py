@@ -33,8 +33,9 @@ class ConnectionPool(Service):
 
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, config: WebSocketConfig,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self, clock: IReactorTime, config: WebSocketConfig, rng: random.Random | None = None
+    ) -> None:
         self._clock = clock
         self._config = config
         self._rng = rng or random.Random()
@@ -94,8 +95,7 @@ class ConnectionPool(Service):
         self._sweep.start(self.sweep_step(), now=False).addErrback(self._sweep_failed)
 
     def _sweep_failed(self, failure: Failure) -> None:
-        self.log.failure("the connection sweep stopped", failure,
-                         log_id="quoted.pool.sweep_failed")
+        self.log.failure("the connection sweep stopped", failure, log_id="quoted.pool.sweep_failed")
 
     def sweep(self) -> None:
         """Close idle connections and those that did not answer the last ping; send pings."""
@@ -129,8 +129,11 @@ class ConnectionPool(Service):
             self._closed[conn] = d
             waits.append(d)
             conn.close_with(CLOSE_GOING_AWAY, "server shutting down")
-        self.log.info("closing {count} connections: server shutting down",
-                      count=len(waits), log_id="quoted.pool.draining")
+        self.log.info(
+            "closing {count} connections: server shutting down",
+            count=len(waits),
+            log_id="quoted.pool.draining",
+        )
         done: Deferred[None] = Deferred()
         timer: IDelayedCall = self._clock.callLater(timeout, self._drop_rest, done)
 
@@ -145,8 +148,11 @@ class ConnectionPool(Service):
     def _drop_rest(self, done: Deferred[None]) -> None:
         left = list(self._closed)
         if left:
-            self.log.warn("dropping {count} connections that did not close in time",
-                          count=len(left), log_id="quoted.pool.dropped")
+            self.log.warn(
+                "dropping {count} connections that did not close in time",
+                count=len(left),
+                log_id="quoted.pool.dropped",
+            )
         for conn in left:
             conn.abort()
         done.callback(None)

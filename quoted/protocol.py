@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from quoted.auth import Claims, TokenError, TokenVerifier
 from quoted.config import WebSocketConfig
+from quoted.errors import not_websocket
 from quoted.hub import FanOutHub, Subscription
 from quoted.messages import (
     MAX_MESSAGE_BYTES,
@@ -72,7 +73,7 @@ def text_frame(payload: bytes) -> bytes:
 
 
 @implementer(IPushProducer)
-class QuoteProtocol(WebSocketServerProtocol):  # type: ignore[misc]
+class QuoteProtocol(WebSocketServerProtocol):
     """One client connection."""
 
     factory: QuoteFactory
@@ -89,7 +90,7 @@ class QuoteProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     # -- transport ----------------------------------------------------------
 
     def connectionMade(self) -> None:
-        transport = self.transport
+        transport: Any = self.transport
         # twisted.web's channel was this transport's producer until the upgrade
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()
@@ -120,14 +121,10 @@ class QuoteProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     def onConnect(self, request: Any) -> None:
         return None  # everything was checked by the gate before the upgrade
 
-    def sendHttpErrorResponse(self, code: int, reason: str,
-                              responseHeaders: Any = None) -> None:
+    def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
         """Autobahn refused the handshake itself: answer in our JSON shape."""
-        from quoted.gate import error_bytes
-
-        self.factory.metrics.handshakes.labels(result=str(code)).inc()
-        self.sendData(error_bytes(code, "not_websocket",
-                                  "the request is not a valid WebSocket upgrade"))
+        self.factory.metrics.handshakes.labels(result="upgrade_failed").inc()
+        self.sendData(not_websocket(reason).raw_response())
 
     def onOpen(self) -> None:
         f = self.factory
@@ -176,8 +173,9 @@ class QuoteProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         elif m.type == "auth":
             self._refresh(m)
         else:
-            raise ProtocolError("unknown_type", f"unknown message type {m.type[:32]!r}"
-                                .replace("'", '"'), m.id)
+            raise ProtocolError(
+                "unknown_type", f"unknown message type {m.type[:32]!r}".replace("'", '"'), m.id
+            )
 
     def _change_subscription(self, m: ClientMessage) -> None:
         f = self.factory
@@ -220,14 +218,16 @@ class QuoteProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         if claims.subject != self.accepted.user:
             raise ProtocolError(
                 "subject_mismatch",
-                "the token is for another user; open a new connection for it", m.id,
+                "the token is for another user; open a new connection for it",
+                m.id,
             )
         a = self.accepted
         self.accepted = Accepted(a.user, claims, a.entries, a.invalid, a.forbidden)
         dropped = [e for e in sub.sent if not claims.entitled(e.symbol)]
         f.hub.unsubscribe(sub, dropped)
-        self.send_control(encode_authenticated(
-            m.id, claims.expires_at, sorted(e.symbol for e in dropped)))
+        self.send_control(
+            encode_authenticated(m.id, claims.expires_at, sorted(e.symbol for e in dropped))
+        )
         if dropped and not sub.paused:
             f.hub.flush(sub)
 
@@ -242,7 +242,7 @@ class QuoteProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         if self._perMessageCompress is None:
             frame = text_frame(payload)
             m.bytes_sent.inc(len(frame))
-            self.transport.write(frame)
+            self._write(frame)
         else:
             m.bytes_sent.inc(len(payload))
             self.sendMessage(payload)
@@ -255,7 +255,11 @@ class QuoteProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         m = self.factory.metrics
         m.messages_sent.inc()
         m.bytes_sent.inc(len(frame))
-        self.transport.write(frame)
+        self._write(frame)
+
+    def _write(self, frame: bytes) -> None:
+        transport: Any = self.transport
+        transport.write(frame)
 
     # -- closing --------------------------------------------------------------
 
@@ -273,18 +277,27 @@ class QuoteProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         f.clock.callLater(SLOW_CLOSE_GRACE, self.abort)
 
     def abort(self) -> None:
-        if self.transport is not None and self.state != WebSocketProtocol.STATE_CLOSED:
-            self.transport.abortConnection()
+        transport: Any = self.transport
+        if transport is not None and self.state != WebSocketProtocol.STATE_CLOSED:
+            transport.abortConnection()
 
 
-class QuoteFactory(WebSocketServerFactory):  # type: ignore[misc]
+class QuoteFactory(WebSocketServerFactory):
     """Builds QuoteProtocols for handshakes the gate accepted."""
 
-    protocol = QuoteProtocol
+    protocol = QuoteProtocol  # type: ignore[assignment]
 
-    def __init__(self, clock: IReactorTime, config: WebSocketConfig, store: QuoteStore,
-                 hub: FanOutHub, pool: ConnectionPool, verifier: TokenVerifier,
-                 metrics: Metrics, url: str = "ws://localhost/ws/quotes") -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        config: WebSocketConfig,
+        store: QuoteStore,
+        hub: FanOutHub,
+        pool: ConnectionPool,
+        verifier: TokenVerifier,
+        metrics: Metrics,
+        url: str = "ws://localhost/ws/quotes",
+    ) -> None:
         super().__init__(url=url, reactor=clock)
         self.clock = clock
         self.config = config
@@ -323,8 +336,9 @@ class QuoteFactory(WebSocketServerFactory):  # type: ignore[misc]
             return PerMessageDeflateOfferAccept(offer, request_no_context_takeover=True)
         return None
 
-    def buildProtocol(self, addr: Any) -> QuoteProtocol:
-        proto: QuoteProtocol = super().buildProtocol(addr)
+    def buildProtocol(self, addr: Any) -> QuoteProtocol:  # type: ignore[override]
+        proto = super().buildProtocol(addr)
+        assert isinstance(proto, QuoteProtocol)
         if self.pending is not None:
             proto.accepted = self.pending
         return proto

@@ -26,7 +26,12 @@ class Options(usage.Options):
         "Settings come from the INI file, then QUOTED_<SECTION>_<KEY> environment variables."
     )
     optParameters = [
-        ["config", "c", None, f"the configuration file [default: {DEFAULT_CONFIG_PATH}, if present]"],
+        [
+            "config",
+            "c",
+            None,
+            f"the configuration file [default: {DEFAULT_CONFIG_PATH}, if present]",
+        ],
         ["listen", "l", None, "a Twisted server endpoint; overrides [server] listen"],
     ]
     optFlags = [
@@ -53,27 +58,36 @@ def dev_banner(secret: bytes, listen: str, now: float) -> str:
     return (
         "quoted development mode: no token key is configured, so tokens are signed\n"
         "with a random secret that lives as long as this process.\n\n"
-        f"Demo token (sub \"demo\", valid 24h):\n  {token}\n\n"
+        f'Demo token (sub "demo", valid 24h):\n  {token}\n\n'
         f"WebSocket:\n  {ws}/ws/quotes?symbols={DEMO_SYMBOLS}&token={token}\n\n"
-        f"REST:\n  curl -H 'Authorization: Bearer {token}' '{base}/v1/quotes?symbols={DEMO_SYMBOLS}'\n"
+        f"REST:\n  curl -H 'Authorization: Bearer {token}' "
+        f"'{base}/v1/quotes?symbols={DEMO_SYMBOLS}'\n"
     )
 
 
+def _exit_cleanly(reactor: Any) -> None:
+    if getattr(reactor, "_exitSignal", None) is not None:
+        reactor._exitSignal = None
+
+
 def makeService(options: dict[str, Any]) -> IService:
-    from twisted.internet import reactor
+    from twisted.internet import reactor  # noqa: PLC0415 (the one place that touches the global reactor)
 
     try:
-        config = load_config(options["config"], dev=bool(options["dev"]),
-                             listen=options["listen"])
+        config = load_config(options["config"], dev=bool(options["dev"]), listen=options["listen"])
     except ConfigError as e:
         raise SystemExit(f"quoted: configuration error:\n{e}") from None
     logs.configure(config.log)
     secret = None
-    if config.dev and config.auth.secret is None and not config.auth.public_key_file:
+    auth = config.auth
+    if config.dev and auth.secret is None and not auth.public_key_file and not auth.jwks_url:
         secret = secrets.token_bytes(32)
         # straight to the terminal, before twistd's logging begins: never into the logs
         sys.stdout.write(dev_banner(secret, config.server.listen, reactor.seconds()))
         sys.stdout.flush()
+    # twistd re-raises the signal that stopped it, so a clean SIGTERM would end
+    # the process "killed by signal 15"; after an orderly drain we exit 0
+    reactor.addSystemEventTrigger("after", "shutdown", _exit_cleanly, reactor)
     try:
         return build(config, reactor, secret=secret)
     except (InstrumentError, ValueError, OSError) as e:

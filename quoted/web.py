@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from prometheus_client.twisted import MetricsResource
 from twisted.internet.interfaces import IReactorTime
+from twisted.web import http
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -40,8 +41,9 @@ def json_body(request: Request, value: object, status: int = 200) -> bytes:
 
 
 def header_bytes(request: Request) -> int:
-    return sum(len(k) + len(v) + 4 for k, vs in request.requestHeaders.getAllRawHeaders()
-               for v in vs)
+    return sum(
+        len(k) + len(v) + 4 for k, vs in request.requestHeaders.getAllRawHeaders() for v in vs
+    )
 
 
 class Router(Resource):
@@ -49,8 +51,14 @@ class Router(Resource):
 
     isLeaf = True
 
-    def __init__(self, gate: Gate, store: QuoteStore, pool: ConnectionPool,
-                 verifier: TokenVerifier, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        gate: Gate,
+        store: QuoteStore,
+        pool: ConnectionPool,
+        verifier: TokenVerifier,
+        metrics: Metrics,
+    ) -> None:
         super().__init__()
         self.gate = gate
         self.store = store
@@ -70,13 +78,18 @@ class Router(Resource):
     def render(self, request: Request) -> bytes | int:
         try:
             if len(request.uri) > MAX_URL_BYTES:
-                raise HTTPError(414, "uri_too_long",
-                                f"the URL has {len(request.uri)} bytes; the limit is "
-                                f"{MAX_URL_BYTES}")
+                raise HTTPError(
+                    414,
+                    "uri_too_long",
+                    f"the URL has {len(request.uri)} bytes; the limit is {MAX_URL_BYTES}",
+                )
             n = header_bytes(request)
             if n > MAX_HEADER_BYTES:
-                raise HTTPError(431, "headers_too_large",
-                                f"the headers have {n} bytes; the limit is {MAX_HEADER_BYTES}")
+                raise HTTPError(
+                    431,
+                    "headers_too_large",
+                    f"the headers have {n} bytes; the limit is {MAX_HEADER_BYTES}",
+                )
             if request.method not in (b"GET", b"HEAD"):
                 raise method_not_allowed()
             route = self.routes.get(request.path)
@@ -100,9 +113,13 @@ class Router(Resource):
             entries = [e for e in self.store.entries if claims.entitled(e.symbol)]
         else:
             entries, invalid, forbidden = resolve_symbols(
-                self.store, symbols, REST_MAX_SYMBOLS, claims)
-        parts = [b'{"quotes":{', b",".join(e.key_json + b":" + e.latest.json for e in entries),
-                 b"}"]
+                self.store, symbols, REST_MAX_SYMBOLS, claims
+            )
+        parts = [
+            b'{"quotes":{',
+            b",".join(e.key_json + b":" + e.latest.json for e in entries),
+            b"}",
+        ]
         if invalid:
             parts += [b',"invalid_symbols":', json.dumps(invalid).encode()]
         if forbidden:
@@ -117,8 +134,13 @@ class Router(Resource):
         out = []
         for e in self.store.entries:
             i = e.instrument
-            item: dict[str, object] = {"symbol": i.symbol, "name": i.name, "type": i.type,
-                                       "base_price": i.base_price, "volume": i.volume}
+            item: dict[str, object] = {
+                "symbol": i.symbol,
+                "name": i.name,
+                "type": i.type,
+                "base_price": i.base_price,
+                "volume": i.volume,
+            }
             if i.market_cap:
                 item["market_cap"] = i.market_cap
             out.append(item)
@@ -143,15 +165,16 @@ class QuotedChannel(HTTPChannel):
 
 
 class QuotedSite(Site):
-    """twisted.web's Site without its access log: request lines carry ?token=."""
+    """twisted.web's Site on our channel, without its access log (request lines carry ?token=)."""
 
-    def log(self, request: Request) -> None:
+    protocol = QuotedChannel  # type: ignore[assignment]
+
+    def log(self, request: http.Request) -> None:
         pass
 
 
 def make_site(router: Router, clock: IReactorTime) -> Site:
     site = QuotedSite(router, timeout=HTTP_TIMEOUT, reactor=clock)
-    site.protocol = QuotedChannel
     site.displayTracebacks = False
     site.noisy = False
     return site

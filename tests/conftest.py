@@ -35,4 +35,3 @@ async def server() -> AsyncIterator[QuotedServer]:
     yield s
     if s.service.running:
         await s.stop()
-

@@ -35,10 +35,13 @@ SECRET = b"test-secret-that-is-at-least-32-bytes-long!"
 def make_config(**sections: dict[str, Any]) -> Config:
     """Defaults on a free loopback port, with per-section overrides:
     ``make_config(websocket={"max_connections": 2})``."""
-    base = load_config(None, environ={"JWT_SECRET": SECRET.decode()},
-                       listen="tcp:0:interface=127.0.0.1")
-    changes = {name: dataclasses.replace(getattr(base, name), **values)
-               for name, values in sections.items()}
+    base = load_config(
+        None, environ={"JWT_SECRET": SECRET.decode()}, listen="tcp:0:interface=127.0.0.1"
+    )
+    changes = {
+        name: dataclasses.replace(getattr(base, name), **values)
+        for name, values in sections.items()
+    }
     return dataclasses.replace(base, **changes)
 
 
@@ -83,13 +86,19 @@ class QuotedServer:
     def url(self, query: str = "") -> str:
         return f"ws://127.0.0.1:{self.port}/ws/quotes" + (f"?{query}" if query else "")
 
-    async def connect(self, query: str = "", token: str | None = None, compress: bool = False,
-                      headers: dict[str, str] | None = None) -> WSClient:
+    async def connect(
+        self,
+        query: str = "",
+        token: str | None = None,
+        compress: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> WSClient:
         tok = self.token() if token is None else token
         return await WSClient.open(self.port, query, tok, compress=compress, headers=headers)
 
-    async def get(self, path: str, token: str | None = None,
-                  headers: dict[str, str] | None = None) -> Response:
+    async def get(
+        self, path: str, token: str | None = None, headers: dict[str, str] | None = None
+    ) -> Response:
         hdrs = dict(headers or {})
         if token is not None:
             hdrs["Authorization"] = f"Bearer {token}"
@@ -140,8 +149,9 @@ def _complete(data: bytes) -> bool:
     return False
 
 
-async def raw(port: int, payload: bytes, host: str = "127.0.0.1",
-              whole_response: bool = False) -> bytes:
+async def raw(
+    port: int, payload: bytes, host: str = "127.0.0.1", whole_response: bool = False
+) -> bytes:
     """Send bytes; read until the server closes (or a whole response, if asked)."""
     proto = _Collect(whole_response)
     endpoint = TCP4ClientEndpoint(reactor, host, port)
@@ -177,7 +187,7 @@ def _dechunk(body: bytes) -> bytes:
         if size == 0:
             break
         out += rest[:size]
-        body = rest[size + 2:]
+        body = rest[size + 2 :]
     return out
 
 
@@ -190,8 +200,12 @@ async def http(port: int, request_line: str, headers: dict[str, str] | None = No
 
 
 def upgrade_headers(**extra: str) -> dict[str, str]:
-    h = {"Upgrade": "websocket", "Connection": "Upgrade",
-         "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
+    h = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
     h.update(extra)
     return h
 
@@ -210,8 +224,15 @@ class WSClient(WebSocketClientProtocol):
         self.close_code: int | None = None
 
     @classmethod
-    async def open(cls, port: int, query: str, token: str | None, *, compress: bool = False,
-                   headers: dict[str, str] | None = None) -> WSClient:
+    async def open(
+        cls,
+        port: int,
+        query: str,
+        token: str | None,
+        *,
+        compress: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> WSClient:
         url = f"ws://127.0.0.1:{port}/ws/quotes" + (f"?{query}" if query else "")
         hdrs = dict(headers or {})
         if token:
@@ -250,8 +271,9 @@ class WSClient(WebSocketClientProtocol):
             d.errback(ConnectionError(f"closed {code} {reason}"))
         self._waiters.clear()
 
-    def wait_for(self, match: Callable[[dict[str, Any]], bool], timeout: float = 10.0,
-                 start: int = 0) -> defer.Deferred[dict[str, Any]]:
+    def wait_for(
+        self, match: Callable[[dict[str, Any]], bool], timeout: float = 10.0, start: int = 0
+    ) -> defer.Deferred[dict[str, Any]]:
         """The first message from index ``start`` on that matches (already received or not)."""
         for m in self.messages[start:]:
             if match(m):

@@ -32,8 +32,9 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def handshake(s: QuotedServer, query: str, headers: dict[str, str] | None = None,
-                    upgrade: bool = True) -> Any:
+async def handshake(
+    s: QuotedServer, query: str, headers: dict[str, str] | None = None, upgrade: bool = True
+) -> Any:
     h = upgrade_headers() if upgrade else {}
     h.update(headers or {})
     return await http(s.port, f"GET /ws/quotes{query} HTTP/1.1", h)
@@ -48,6 +49,7 @@ def error_code(r: Any) -> str:
 
 # -- handshake rejections ---------------------------------------------------------------------
 
+
 def _jwt(claims: dict[str, Any], key: bytes = SECRET) -> str:
     import jwt
 
@@ -57,44 +59,118 @@ def _jwt(claims: dict[str, Any], key: bytes = SECRET) -> str:
 REJECTIONS = [
     # name, query, headers (callable of server), upgrade, status, code
     ("no token", "?symbols=AAPL", lambda s: {}, True, 401, "missing_token"),
-    ("garbage token", "?symbols=AAPL", lambda s: {"Authorization": "Bearer not-a-jwt"},
-     True, 401, "malformed_token"),
-    ("basic scheme", "?symbols=AAPL", lambda s: {"Authorization": "Basic dXNlcjpwYXNz"},
-     True, 401, "malformed_token"),
-    ("bad signature", "?symbols=AAPL",
-     lambda s: bearer(_jwt({"sub": "x", "exp": 4e9}, b"another-secret-of-at-least-32-bytes!!")),
-     True, 401, "invalid_token"),
-    ("expired", "?symbols=AAPL", lambda s: bearer(_jwt({"sub": "x", "exp": 1_000_000})),
-     True, 401, "token_expired"),
+    (
+        "garbage token",
+        "?symbols=AAPL",
+        lambda s: {"Authorization": "Bearer not-a-jwt"},
+        True,
+        401,
+        "malformed_token",
+    ),
+    (
+        "basic scheme",
+        "?symbols=AAPL",
+        lambda s: {"Authorization": "Basic dXNlcjpwYXNz"},
+        True,
+        401,
+        "malformed_token",
+    ),
+    (
+        "bad signature",
+        "?symbols=AAPL",
+        lambda s: bearer(_jwt({"sub": "x", "exp": 4e9}, b"another-secret-of-at-least-32-bytes!!")),
+        True,
+        401,
+        "invalid_token",
+    ),
+    (
+        "expired",
+        "?symbols=AAPL",
+        lambda s: bearer(_jwt({"sub": "x", "exp": 1_000_000})),
+        True,
+        401,
+        "token_expired",
+    ),
     ("no exp", "?symbols=AAPL", lambda s: bearer(_jwt({"sub": "x"})), True, 401, "invalid_token"),
     ("no sub", "?symbols=AAPL", lambda s: bearer(_jwt({"exp": 4e9})), True, 401, "invalid_token"),
     ("bad query token", "?symbols=AAPL&token=abc", lambda s: {}, True, 401, "malformed_token"),
-    ("not a websocket request", "?symbols=AAPL", lambda s: bearer(s.token()), False, 400,
-     "not_websocket"),
-    ("bad websocket key", "?symbols=AAPL",
-     lambda s: {**bearer(s.token()), "Sec-WebSocket-Key": "short"}, True, 400, "not_websocket"),
-    ("bad websocket version", "?symbols=AAPL",
-     lambda s: {**bearer(s.token()), "Sec-WebSocket-Version": "8"}, True, 400, "not_websocket"),
-    ("symbols present but empty", "?symbols=", lambda s: bearer(s.token()), True, 400,
-     "no_valid_symbols"),
+    (
+        "not a websocket request",
+        "?symbols=AAPL",
+        lambda s: bearer(s.token()),
+        False,
+        400,
+        "not_websocket",
+    ),
+    (
+        "bad websocket key",
+        "?symbols=AAPL",
+        lambda s: {**bearer(s.token()), "Sec-WebSocket-Key": "short"},
+        True,
+        400,
+        "not_websocket",
+    ),
+    (
+        "bad websocket version",
+        "?symbols=AAPL",
+        lambda s: {**bearer(s.token()), "Sec-WebSocket-Version": "8"},
+        True,
+        400,
+        "not_websocket",
+    ),
+    (
+        "symbols present but empty",
+        "?symbols=",
+        lambda s: bearer(s.token()),
+        True,
+        400,
+        "no_valid_symbols",
+    ),
     ("only commas", "?symbols=,,", lambda s: bearer(s.token()), True, 400, "no_valid_symbols"),
-    ("only unknown symbols", "?symbols=NOPE,ZZZ", lambda s: bearer(s.token()), True, 400,
-     "no_valid_symbols"),
-    ("too many symbols", "?symbols=AAPL,MSFT,GOOGL,NOPE", lambda s: bearer(s.token()), True, 400,
-     "too_many_symbols"),
-    ("forbidden origin", "?symbols=AAPL",
-     lambda s: {**bearer(s.token()), "Origin": "https://evil.example"}, True, 403,
-     "forbidden_origin"),
-    ("none entitled", "?symbols=TSLA",
-     lambda s: bearer(s.token(symbols=["AAPL"])), True, 403, "forbidden_symbols"),
+    (
+        "only unknown symbols",
+        "?symbols=NOPE,ZZZ",
+        lambda s: bearer(s.token()),
+        True,
+        400,
+        "no_valid_symbols",
+    ),
+    (
+        "too many symbols",
+        "?symbols=AAPL,MSFT,GOOGL,NOPE",
+        lambda s: bearer(s.token()),
+        True,
+        400,
+        "too_many_symbols",
+    ),
+    (
+        "forbidden origin",
+        "?symbols=AAPL",
+        lambda s: {**bearer(s.token()), "Origin": "https://evil.example"},
+        True,
+        403,
+        "forbidden_origin",
+    ),
+    (
+        "none entitled",
+        "?symbols=TSLA",
+        lambda s: bearer(s.token(symbols=["AAPL"])),
+        True,
+        403,
+        "forbidden_symbols",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "query", "headers", "upgrade", "status", "code"), REJECTIONS,
-                         ids=[r[0] for r in REJECTIONS])
+@pytest.mark.parametrize(
+    ("name", "query", "headers", "upgrade", "status", "code"),
+    REJECTIONS,
+    ids=[r[0] for r in REJECTIONS],
+)
 @ensure
-async def test_handshake_rejections(start_server: Any, name: str, query: str, headers: Any,
-                                    upgrade: bool, status: int, code: str) -> None:
+async def test_handshake_rejections(
+    start_server: Any, name: str, query: str, headers: Any, upgrade: bool, status: int, code: str
+) -> None:
     s = await start_server(websocket={"max_symbols": 3})
     r = await handshake(s, query, headers(s), upgrade)
     assert (r.status, error_code(r)) == (status, code)
@@ -160,6 +236,7 @@ async def test_handshake_rate_per_ip(start_server: Any) -> None:
 
 # -- snapshot and updates ---------------------------------------------------------------------
 
+
 @ensure
 async def test_snapshot_then_updates(server: QuotedServer) -> None:
     c = await server.connect("symbols=AAPL,googl,NOPE,%20msft%20")
@@ -167,12 +244,25 @@ async def test_snapshot_then_updates(server: QuotedServer) -> None:
     assert first["seq"] == 1
     assert first["operations"][0] == {"op": "add", "path": "/quotes", "value": {}}
     assert [op["path"] for op in first["operations"][1:]] == [
-        "/quotes/AAPL", "/quotes/GOOGL", "/quotes/MSFT"]
+        "/quotes/AAPL",
+        "/quotes/GOOGL",
+        "/quotes/MSFT",
+    ]
     assert first["invalid_symbols"] == ["NOPE"]
     assert first["forbidden_symbols"] == []
     aapl = first["operations"][1]["value"]
-    assert set(aapl) == {"symbol", "name", "type", "current_price", "base_price", "change",
-                         "change_percent", "last_updated", "volume", "market_cap"}
+    assert set(aapl) == {
+        "symbol",
+        "name",
+        "type",
+        "current_price",
+        "base_price",
+        "change",
+        "change_percent",
+        "last_updated",
+        "volume",
+        "market_cap",
+    }
     await c.wait_for(lambda m: m.get("seq", 0) >= 4)
     assert c.seqs == list(range(1, len(c.seqs) + 1))
     for m in c.messages[1:]:
@@ -184,9 +274,13 @@ async def test_snapshot_then_updates(server: QuotedServer) -> None:
 async def test_snapshot_without_symbols(server: QuotedServer) -> None:
     c = await server.connect()
     first = await c.wait_type("quotes_patch")
-    assert first == {"type": "quotes_patch", "seq": 1,
-                     "operations": [{"op": "add", "path": "/quotes", "value": {}}],
-                     "invalid_symbols": [], "forbidden_symbols": []}
+    assert first == {
+        "type": "quotes_patch",
+        "seq": 1,
+        "operations": [{"op": "add", "path": "/quotes", "value": {}}],
+        "invalid_symbols": [],
+        "forbidden_symbols": [],
+    }
 
 
 @ensure
@@ -231,12 +325,16 @@ async def test_escaped_symbols(start_server: Any, tmp_path: Any) -> None:
         'BTC/USD,"Bitcoin, in US dollars",ETF,65000,120000,\n'
         "A~B,Tilde Test & Co,STOCK,10,1,\n"
     )
-    s = await start_server(feed={"instruments_file": str(csv), "update_interval": 0.05,
-                                 "mode": "all"})
+    s = await start_server(
+        feed={"instruments_file": str(csv), "update_interval": 0.05, "mode": "all"}
+    )
     c = await s.connect("symbols=BRK.B,BTC/USD,A~B")
     first = await c.wait_type("quotes_patch")
     assert [op["path"] for op in first["operations"][1:]] == [
-        "/quotes/BRK.B", "/quotes/BTC~1USD", "/quotes/A~0B"]
+        "/quotes/BRK.B",
+        "/quotes/BTC~1USD",
+        "/quotes/A~0B",
+    ]
     await c.wait_for(lambda m: m.get("seq", 0) >= 3)
     assert set(c.quotes()) == {"BRK.B", "BTC/USD", "A~B"}
     assert "market_cap" not in c.quotes()["BTC/USD"]
@@ -245,6 +343,7 @@ async def test_escaped_symbols(start_server: Any, tmp_path: Any) -> None:
 
 # -- client messages --------------------------------------------------------------------------
 
+
 @ensure
 async def test_subscribe_unsubscribe(server: QuotedServer) -> None:
     c = await server.connect("symbols=AAPL,MSFT,nope")
@@ -252,19 +351,33 @@ async def test_subscribe_unsubscribe(server: QuotedServer) -> None:
     n = len(c.messages)
     c.send_json({"type": "subscribe", "id": "sub-1", "symbols": ["tsla", "nope"]})
     ack = await c.wait_type("subscribed", start=n)
-    assert ack == {"type": "subscribed", "id": "sub-1", "symbols": ["AAPL", "MSFT", "TSLA"],
-                   "invalid": ["NOPE"], "forbidden_symbols": []}
+    assert ack == {
+        "type": "subscribed",
+        "id": "sub-1",
+        "symbols": ["AAPL", "MSFT", "TSLA"],
+        "invalid": ["NOPE"],
+        "forbidden_symbols": [],
+    }
     i = c.messages.index(ack)
-    add = await c.wait_for(lambda m: m.get("type") == "quotes_patch"
-                           and any(op["path"] == "/quotes/TSLA" and op["op"] == "add"
-                                   for op in m["operations"]), start=i)
+    add = await c.wait_for(
+        lambda m: (
+            m.get("type") == "quotes_patch"
+            and any(op["path"] == "/quotes/TSLA" and op["op"] == "add" for op in m["operations"])
+        ),
+        start=i,
+    )
     assert add["seq"] > 1
     n = len(c.messages)
     c.send_json({"type": "unsubscribe", "id": "sub-2", "symbols": ["AAPL"]})
     ack = await c.wait_type("subscribed", start=n)
     assert ack["symbols"] == ["MSFT", "TSLA"]
-    await c.wait_for(lambda m: m.get("type") == "quotes_patch" and
-                     {"op": "remove", "path": "/quotes/AAPL"} in m["operations"], start=n)
+    await c.wait_for(
+        lambda m: (
+            m.get("type") == "quotes_patch"
+            and {"op": "remove", "path": "/quotes/AAPL"} in m["operations"]
+        ),
+        start=n,
+    )
     await eventually(lambda: "AAPL" not in c.quotes())
     # nothing changes: only the ack
     n = len(c.messages)
@@ -280,26 +393,38 @@ async def test_subscribe_limit(start_server: Any) -> None:
     await c.wait_type("quotes_patch")
     c.send_json({"type": "subscribe", "id": "s1", "symbols": ["GOOGL", "SPY"]})
     err = await c.wait_type("error")
-    assert err == {"type": "error", "id": "s1", "code": "too_many_symbols",
-                   "message": "subscription would hold 4 symbols; the limit is 3"}
+    assert err == {
+        "type": "error",
+        "id": "s1",
+        "code": "too_many_symbols",
+        "message": "subscription would hold 4 symbols; the limit is 3",
+    }
     c.send_json({"type": "subscribe", "id": "s2", "symbols": ["googl", "nope", "aapl"]})
     ack = await c.wait_type("subscribed")
     assert ack["symbols"] == ["AAPL", "GOOGL", "MSFT"]
     assert ack["invalid"] == ["NOPE"]
 
 
-@pytest.mark.parametrize(("message", "code", "has_id"), [
-    (b"not json", "bad_json", False),
-    (b"[1,2]", "bad_json", False),
-    (b'{"type":"subscribe","symbols":"AAPL"}', "bad_json", False),
-    (b'{"type":"hello","id":7}', "unknown_type", True),
-    (b'{"id":"z"}', "bad_request", True),
-    (b'{"type":"subscribe","id":"q","symbols":[]}', "bad_request", True),
-    (b'{"type":"subscribe","id":"' + b"x" * 70 + b'","symbols":["AAPL"]}', "bad_request", False),
-])
+@pytest.mark.parametrize(
+    ("message", "code", "has_id"),
+    [
+        (b"not json", "bad_json", False),
+        (b"[1,2]", "bad_json", False),
+        (b'{"type":"subscribe","symbols":"AAPL"}', "bad_json", False),
+        (b'{"type":"hello","id":7}', "unknown_type", True),
+        (b'{"id":"z"}', "bad_request", True),
+        (b'{"type":"subscribe","id":"q","symbols":[]}', "bad_request", True),
+        (
+            b'{"type":"subscribe","id":"' + b"x" * 70 + b'","symbols":["AAPL"]}',
+            "bad_request",
+            False,
+        ),
+    ],
+)
 @ensure
-async def test_errors_keep_connection_open(server: QuotedServer, message: bytes, code: str,
-                                           has_id: bool) -> None:
+async def test_errors_keep_connection_open(
+    server: QuotedServer, message: bytes, code: str, has_id: bool
+) -> None:
     c = await server.connect("symbols=AAPL")
     await c.wait_type("quotes_patch")
     c.sendMessage(message)
@@ -318,6 +443,7 @@ async def test_ping_message(server: QuotedServer) -> None:
 
 
 # -- close codes ------------------------------------------------------------------------------
+
 
 @ensure
 async def test_binary_message_closes_1003(server: QuotedServer) -> None:
@@ -411,11 +537,14 @@ async def test_draining_refuses_handshakes(start_server: Any) -> None:
 
 # -- slow consumers ---------------------------------------------------------------------------
 
+
 @ensure
 async def test_client_that_never_reads_is_closed_4008(start_server: Any) -> None:
     """A client that stops reading is conflated, then dropped; a calm one keeps up."""
-    s = await start_server(feed={"update_interval": 0.02, "mode": "all", "synthetic_symbols": 100},
-                           websocket={"circuit_breaker_threshold": 3, "max_symbols": 120})
+    s = await start_server(
+        feed={"update_interval": 0.02, "mode": "all", "synthetic_symbols": 100},
+        websocket={"circuit_breaker_threshold": 3, "max_symbols": 120},
+    )
     symbols = ",".join(f"SYN{i:05d}" for i in range(1, 101))
     calm = await s.connect("symbols=" + symbols)
     stuck = await s.connect("symbols=" + symbols, token=s.token("stuck"))
@@ -430,6 +559,7 @@ async def test_client_that_never_reads_is_closed_4008(start_server: Any) -> None
 
 
 # -- REST -------------------------------------------------------------------------------------
+
 
 @ensure
 async def test_rest_endpoints(server: QuotedServer) -> None:
@@ -448,8 +578,14 @@ async def test_rest_endpoints(server: QuotedServer) -> None:
     r = await server.get("/v1/instruments", tok)
     inst = r.json()["instruments"]
     assert len(inst) == 20
-    assert inst[0] == {"symbol": "AAPL", "name": "Apple Inc.", "type": "STOCK",
-                       "base_price": 175.5, "volume": 52000000, "market_cap": 2750000000000}
+    assert inst[0] == {
+        "symbol": "AAPL",
+        "name": "Apple Inc.",
+        "type": "STOCK",
+        "base_price": 175.5,
+        "volume": 52000000,
+        "market_cap": 2750000000000,
+    }
     assert "market_cap" not in inst[10]
     r = await server.get("/healthz")
     assert (r.status, r.json()) == (200, {"status": "ok"})
@@ -481,8 +617,13 @@ async def test_entitled_stream(server: QuotedServer) -> None:
     assert first["forbidden_symbols"] == ["TSLA"]
     c.send_json({"type": "subscribe", "id": "s1", "symbols": ["MSFT", "NVDA"]})
     ack = await c.wait_type("subscribed")
-    assert ack == {"type": "subscribed", "id": "s1", "symbols": ["AAPL", "MSFT"],
-                   "invalid": [], "forbidden_symbols": ["NVDA"]}
+    assert ack == {
+        "type": "subscribed",
+        "id": "s1",
+        "symbols": ["AAPL", "MSFT"],
+        "invalid": [],
+        "forbidden_symbols": ["NVDA"],
+    }
 
 
 @ensure
@@ -495,3 +636,19 @@ async def test_token_in_query(server: QuotedServer) -> None:
 async def test_head_request(server: QuotedServer) -> None:
     data = await raw(server.port, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 200")
+
+
+@ensure
+async def test_origin_rules(start_server: Any) -> None:
+    s = await start_server()
+    tok = bearer(s.token())
+    own = {**tok, "Origin": f"http://127.0.0.1:{s.port}"}
+    c = await s.connect("symbols=AAPL", headers={"Origin": f"http://127.0.0.1:{s.port}"})
+    assert (await c.wait_type("quotes_patch"))["seq"] == 1
+    r = await handshake(s, "?symbols=AAPL", {**own, "Origin": "http://127.0.0.1:1"})
+    assert (r.status, error_code(r)) == (403, "forbidden_origin")
+    listed = await start_server(server={"allowed_origins": ("https://app.example.com",)})
+    c = await listed.connect("symbols=AAPL", headers={"Origin": "https://APP.example.com"})
+    assert (await c.wait_type("quotes_patch"))["seq"] == 1
+    r = await handshake(listed, "?symbols=AAPL", {**tok, "Origin": f"http://127.0.0.1:{s.port}"})
+    assert (r.status, error_code(r)) == (403, "forbidden_origin")

@@ -1,0 +1,206 @@
+"""quoted-load's wire: RFC 6455 framing for a client, and the quote document's fast patch.
+
+:class:`FrameReader` turns the server's byte stream into whole messages and control
+frames (fragments reassembled, 7/16/64-bit lengths, control frames between fragments);
+:func:`client_frame` writes a masked client frame; :func:`apply_ops` applies a
+quotes_patch's operations with a fast path for the shapes quoted sends and jsonpatch
+for the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jsonpatch
+
+MAX_MESSAGE = 16 * 1024 * 1024
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+
+
+class ProtocolError(Exception):
+    """The server broke RFC 6455 framing."""
+
+
+class PatchError(Exception):
+    """An operation the document cannot take (absent quote, bad path)."""
+
+
+def client_frame(opcode: int, payload: bytes = b"", key: bytes | None = None) -> bytes:
+    """One final frame from the client, masked as RFC 6455 requires."""
+    key = os.urandom(4) if key is None else key
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    if not n:
+        return head + key
+    mask = int.from_bytes((key * (n // 4 + 1))[:n], "big")
+    return head + key + (int.from_bytes(payload, "big") ^ mask).to_bytes(n, "big")
+
+
+class FrameReader:
+    """Server frames from a byte stream: ``feed`` returns whole messages and control frames
+    as (opcode, payload, rsv1, wire payload bytes), fragments reassembled."""
+
+    __slots__ = ("_buf", "_frag_op", "_frag_parts", "_frag_rsv1", "_frag_wire", "_need")
+
+    def __init__(self) -> None:
+        self._buf: list[bytes] = []  # bytes of an incomplete frame
+        self._need = 0  # bytes _buf must hold before parsing is worth trying again
+        self._frag_op = -1
+        self._frag_parts: list[bytes] = []
+        self._frag_rsv1 = False
+        self._frag_wire = 0
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes, bool, int]]:
+        if self._buf:
+            self._buf.append(data)
+            self._need -= len(data)
+            if self._need > 0:
+                return []
+            data = b"".join(self._buf)
+            self._buf = []
+        out: list[tuple[int, bytes, bool, int]] = []
+        pos, end = 0, len(data)
+        need = 1  # after the loop: bytes missing before the next frame can be parsed
+        while end - pos >= 2:
+            b0, b1 = data[pos], data[pos + 1]
+            if b1 & 0x80:
+                raise ProtocolError("masked server frame")
+            length, hdr = b1 & 0x7F, 2
+            if length == 126:
+                hdr = 4
+                if end - pos < hdr:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            elif length == 127:
+                hdr = 10
+                if end - pos < hdr:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                if length > MAX_MESSAGE:
+                    raise ProtocolError(f"frame of {length} bytes")
+            if end - pos < hdr + length:
+                need = hdr + length - (end - pos)
+                break
+            payload = data[pos + hdr : pos + hdr + length]
+            pos += hdr + length
+            self._frame(b0, payload, out)
+        if pos < end:
+            self._buf = [data[pos:] if pos else data]
+            self._need = need
+        return out
+
+    def _frame(self, b0: int, payload: bytes, out: list[tuple[int, bytes, bool, int]]) -> None:
+        fin, rsv1, opcode = b0 & 0x80, bool(b0 & 0x40), b0 & 0x0F
+        if b0 & 0x30:
+            raise ProtocolError("reserved bits RSV2/RSV3")
+        if opcode >= OP_CLOSE:
+            if opcode > OP_PONG or not fin or len(payload) > 125 or rsv1:
+                raise ProtocolError(f"bad control frame (opcode {opcode})")
+            out.append((opcode, payload, False, len(payload)))
+        elif opcode == OP_CONT:
+            if self._frag_op < 0 or rsv1:
+                raise ProtocolError("continuation out of place")
+            self._frag_parts.append(payload)
+            self._frag_wire += len(payload)
+            if self._frag_wire > MAX_MESSAGE:
+                raise ProtocolError("message too large")
+            if fin:
+                whole = b"".join(self._frag_parts)
+                out.append((self._frag_op, whole, self._frag_rsv1, self._frag_wire))
+                self._frag_op, self._frag_parts, self._frag_wire = -1, [], 0
+        elif opcode in (OP_TEXT, OP_BINARY):
+            if self._frag_op >= 0:
+                raise ProtocolError("new message inside a fragmented one")
+            if fin:
+                out.append((opcode, payload, rsv1, len(payload)))
+            else:
+                self._frag_op, self._frag_parts = opcode, [payload]
+                self._frag_rsv1, self._frag_wire = rsv1, len(payload)
+        else:
+            raise ProtocolError(f"reserved opcode {opcode}")
+
+
+def _unescape(token: str) -> str:
+    return token.replace("~1", "/").replace("~0", "~") if "~" in token else token
+
+
+def apply_ops(doc: dict[str, Any], ops: list[dict[str, Any]], updates: list[str]) -> int:
+    """Apply RFC 6902 ``ops`` to ``doc`` in place, fast for the shapes quoted sends (add
+    /quotes; add/replace/remove /quotes/SYM; replace /quotes/SYM/field); anything else
+    goes to jsonpatch. Appends the last_updated of each symbol update (a whole-quote
+    replace or a replace of last_updated) to ``updates`` when it is newer than the one it
+    replaces; returns how many such operations repeated or went back in time (stale)."""
+    stale = 0
+    for op in ops:
+        kind, path = op["op"], op["path"]
+        if path == "/quotes" and kind in ("add", "replace") and isinstance(op["value"], dict):
+            if kind == "replace" and "quotes" not in doc:
+                raise PatchError("replace of absent /quotes")
+            doc["quotes"] = op["value"]
+            continue
+        quotes = doc.get("quotes")
+        if not path.startswith("/quotes/") or quotes is None or kind not in _FAST_OPS:
+            _slow_op(doc, op)
+            continue
+        rest = path[8:]
+        slash = rest.find("/")
+        if slash < 0:
+            symbol = _unescape(rest)
+            if kind == "remove":
+                if quotes.pop(symbol, None) is None:
+                    raise PatchError(f"remove of absent {path}")
+                continue
+            value = op["value"]
+            if kind == "replace":
+                if symbol not in quotes:
+                    raise PatchError(f"replace of absent {path}")
+                if isinstance(value, dict) and "last_updated" in value:
+                    if _newer(value["last_updated"], quotes[symbol]):
+                        updates.append(value["last_updated"])
+                    else:
+                        stale += 1
+            quotes[symbol] = value
+            continue
+        field = rest[slash + 1 :]
+        quote = quotes.get(_unescape(rest[:slash]))
+        if "/" in field or not isinstance(quote, dict):
+            _slow_op(doc, op)
+            continue
+        field = _unescape(field)
+        if kind == "remove":
+            if quote.pop(field, MISSING) is MISSING:
+                raise PatchError(f"remove of absent {path}")
+            continue
+        if kind == "replace":
+            if field not in quote:
+                raise PatchError(f"replace of absent {path}")
+            if field == "last_updated":
+                if _newer(op["value"], quote):
+                    updates.append(op["value"])
+                else:
+                    stale += 1
+        quote[field] = op["value"]
+    return stale
+
+
+def _newer(last_updated: Any, quote: Any) -> bool:
+    """RFC 3339 UTC stamps with fixed millisecond digits compare as text."""
+    old = quote.get("last_updated") if isinstance(quote, dict) else None
+    return not isinstance(old, str) or not isinstance(last_updated, str) or last_updated > old
+
+
+_FAST_OPS = frozenset(("add", "replace", "remove"))
+MISSING = object()
+
+
+def _slow_op(doc: dict[str, Any], op: dict[str, Any]) -> None:
+    try:
+        jsonpatch.apply_patch(doc, [op], in_place=True)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as e:
+        raise PatchError(f"{op.get('op')} {op.get('path')}: {e}") from None
