@@ -62,6 +62,19 @@ class QuotedService(MultiService):
         self.log.info("quoted stopped", log_id="quoted.app.stopped")
 
 
+# the kernel queue of accepted-but-not-yet-served connections; Twisted's 50
+# drops SYNs when thousands of clients reconnect at once (a restart, a failover)
+LISTEN_BACKLOG = 1024
+
+
+def with_backlog(listen: str) -> str:
+    """A tcp/ssl endpoint string with a backlog of LISTEN_BACKLOG unless it names one."""
+    kind = listen.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in listen:
+        return f"{listen}:backlog={LISTEN_BACKLOG}"
+    return listen
+
+
 def build(config: Config, reactor: Any, *, secret: bytes | None = None) -> QuotedService:
     """Every part of quoted as one service, on ``reactor`` (IReactorTime, IReactorTCP...).
 
@@ -105,7 +118,7 @@ def build(config: Config, reactor: Any, *, secret: bytes | None = None) -> Quote
     service = QuotedService(parts, config.server.shutdown_timeout)
     pool.setServiceParent(service)
     oscillator.setServiceParent(service)
-    listener = strports.service(config.server.listen, site, reactor=reactor)
+    listener = strports.service(with_backlog(config.server.listen), site, reactor=reactor)
     listener.setName("listener")
     listener.setServiceParent(service)
     return service
