@@ -8,7 +8,7 @@ build the same service on the real reactor or a fake.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from twisted.application import strports
@@ -17,9 +17,11 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from quoted.auth import TokenVerifier
+from quoted.collector import GarbageCollector
 from quoted.config import Config
 from quoted.gate import Gate
 from quoted.hub import FanOutHub
+from quoted.jwks import KeySetService
 from quoted.metrics import Metrics
 from quoted.model import load_instruments
 from quoted.oscillator import OscillatorService
@@ -28,6 +30,9 @@ from quoted.protocol import QuoteFactory
 from quoted.ratelimit import IPRateLimiter
 from quoted.store import Entry, QuoteStore
 from quoted.web import Router, make_site
+
+if TYPE_CHECKING:
+    from quoted.redisbridge import RedisBridge
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +46,7 @@ class Parts:
     metrics: Metrics
     oscillator: OscillatorService
     factory: QuoteFactory
+    bridge: RedisBridge | None = None
 
 
 class QuotedService(MultiService):
@@ -83,17 +89,30 @@ def build(config: Config, reactor: Any, *, secret: bytes | None = None) -> Quote
     metrics = Metrics(CollectorRegistry())
     instruments = load_instruments(config.feed.instruments_file, config.feed.synthetic_symbols)
     store = QuoteStore(instruments, int(reactor.seconds() * 1000))
-    verifier = TokenVerifier.from_config(config.auth, reactor, secret)
+    keyset = KeySetService(reactor, config.auth.jwks_url) if config.auth.jwks_url else None
+    verifier = TokenVerifier.from_config(config.auth, reactor, secret, keyset)
     ws = config.websocket
-    hub = FanOutHub(reactor, metrics, ws.circuit_breaker_threshold)
+    collector = GarbageCollector(reactor, metrics)
+    hub = FanOutHub(reactor, metrics, ws.circuit_breaker_threshold, collector)
     pool = ConnectionPool(reactor, ws)
+    bridge: RedisBridge | None = None
+    if config.redis.enabled:
+        # imported here: txredisapi imports the global reactor, which must not happen before
+        # twistd installs its own
+        from quoted.redisbridge import RedisBridge  # noqa: PLC0415
+
+        # peers share one price source: the oscillator ticks only on the lease holder
+        bridge = RedisBridge(reactor, config.redis, store, hub, metrics)
+        hub.on_first = bridge.follow
+        hub.on_last = bridge.unfollow
 
     def active() -> list[Entry]:
-        return hub.active()
+        return hub.active() if bridge is None else bridge.movable()
 
     def on_tick(moved: int, skipped: int) -> None:
-        metrics.ticks.inc()
-        metrics.symbol_updates.inc(moved)
+        if moved:
+            metrics.ticks.inc()
+            metrics.symbol_updates.inc(moved)
         if skipped:
             metrics.ticks_skipped.inc(skipped)
 
@@ -105,17 +124,26 @@ def build(config: Config, reactor: Any, *, secret: bytes | None = None) -> Quote
         active,
         hub.publish,
         on_tick=on_tick,
+        emit=None if bridge is None else bridge.emit,
     )
     factory = QuoteFactory(reactor, ws, store, hub, pool, verifier, metrics)
     limiter = IPRateLimiter(reactor, ws.handshake_rate_per_ip)
     gate = Gate(factory, config.server, ws, store, pool, verifier, limiter, metrics)
     router = Router(gate, store, pool, verifier, metrics)
     site = make_site(router, reactor)
-    metrics.broker_up.set(1)
-    metrics.feed_leader.set(1)
+    if bridge is None:
+        metrics.broker_up.set(1)
+        metrics.feed_leader.set(1)
+    else:
+        router.broker_readiness = bridge.readiness
 
-    parts = Parts(store, hub, pool, verifier, metrics, oscillator, factory)
+    parts = Parts(store, hub, pool, verifier, metrics, oscillator, factory, bridge)
     service = QuotedService(parts, config.server.shutdown_timeout)
+    if keyset is not None:  # first: it starts fetching before the listener opens
+        keyset.setServiceParent(service)
+    if bridge is not None:  # started first; stopped after the drain (QuotedService._stop)
+        bridge.setServiceParent(service)
+    collector.setServiceParent(service)
     pool.setServiceParent(service)
     oscillator.setServiceParent(service)
     listener = strports.service(with_backlog(config.server.listen), site, reactor=reactor)

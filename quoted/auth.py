@@ -28,10 +28,12 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 
 if TYPE_CHECKING:
     from quoted.config import AuthConfig
+    from quoted.jwks import KeySetService
 
 MISSING_TOKEN: Final = "missing_token"
 MALFORMED_TOKEN: Final = "malformed_token"
@@ -273,13 +275,34 @@ class _Seconds(Protocol):
     def seconds(self) -> float: ...
 
 
-class TokenVerifier:
-    """Checks tokens against one key: a shared secret or a public key.
+class UnknownKeyError(TokenError):
+    """The token names a ``kid`` the JWK Set does not hold (yet): worth one refetch."""
 
-    Built once at start-up, so each handshake only parses and checks.
+    def __init__(self) -> None:
+        super().__init__(INVALID_TOKEN, "unknown key id")
+
+
+ASYMMETRIC_ALGORITHMS: Final = (*RSA_ALGORITHMS, "ES256", "ES384", "ES512", "EdDSA")
+
+
+class TokenVerifier:
+    """Checks tokens against a shared secret, a public key or a JWK Set (``keyset``).
+
+    Built once at start-up, so each handshake only parses and checks. With a JWK Set, a token
+    whose ``kid`` is unknown needs a fetch first: :meth:`verify_deferred` waits for it (never
+    blocking the reactor), :meth:`verify` refuses it at once.
     """
 
-    __slots__ = ("_audience", "_issuer", "_jws", "_key", "_leeway", "_seconds", "algorithms")
+    __slots__ = (
+        "_audience",
+        "_issuer",
+        "_jws",
+        "_key",
+        "_leeway",
+        "_seconds",
+        "algorithms",
+        "keyset",
+    )
 
     def __init__(
         self,
@@ -290,9 +313,10 @@ class TokenVerifier:
         issuer: str = "",
         audience: str = "",
         leeway: float = DEFAULT_LEEWAY,
+        keyset: KeySetService | None = None,
     ) -> None:
-        if bool(secret) == bool(public_key_pem):
-            raise ValueError("set exactly one of a (non-empty) secret and a public key")
+        if bool(secret) + bool(public_key_pem) + (keyset is not None) != 1:
+            raise ValueError("set exactly one of a (non-empty) secret, a public key and a key set")
         if not math.isfinite(leeway) or leeway < 0:
             raise ValueError("leeway must be a non-negative number of seconds")
         # IReactorTime.seconds, typed for mypy with or without the zope plugin
@@ -300,10 +324,13 @@ class TokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway = float(leeway)
-        self._key: bytes | PublicKey
-        if secret:
+        self._key: bytes | PublicKey | None = None
+        self.keyset = keyset
+        if keyset is not None:
+            self.algorithms: tuple[str, ...] = ASYMMETRIC_ALGORITHMS
+        elif secret:
             self._key = bytes(secret)
-            self.algorithms: tuple[str, ...] = HMAC_ALGORITHMS
+            self.algorithms = HMAC_ALGORITHMS
         else:
             assert public_key_pem is not None
             key = load_public_key(public_key_pem)
@@ -312,23 +339,45 @@ class TokenVerifier:
         self._jws = jwt.PyJWS(algorithms=list(self.algorithms))
 
     def __repr__(self) -> str:
-        return f"<TokenVerifier algorithms={','.join(self.algorithms)}>"
+        kind = "jwks" if self.keyset is not None else "key"
+        return f"<TokenVerifier {kind} algorithms={','.join(self.algorithms)}>"
+
+    @property
+    def leeway(self) -> float:
+        """Seconds of clock skew allowed on exp, nbf and iat."""
+        return self._leeway
+
+    @property
+    def ready(self) -> bool:
+        """False while a JWK Set has not been loaded yet (every token is refused)."""
+        return self.keyset is None or self.keyset.loaded
 
     @classmethod
     def from_config(
-        cls, auth: AuthConfig, clock: IReactorTime, secret: bytes | None = None
+        cls,
+        auth: AuthConfig,
+        clock: IReactorTime,
+        secret: bytes | None = None,
+        keyset: KeySetService | None = None,
     ) -> TokenVerifier:
         """The verifier of the ``[auth]`` settings; ``secret`` overrides ``auth.secret``
         (development mode passes a random one). Reads ``public_key_file`` now, so call it
-        before the reactor runs. ValueError names the setting at fault."""
-        if auth.jwks_url:
-            raise ValueError("[auth] jwks_url: not supported yet")
+        before the reactor runs. ValueError names the setting at fault.
+
+        With ``jwks_url``, ``keyset`` is the KeySetService of that URL (quoted.app builds it
+        and runs it as a service)."""
         key_secret = secret if secret else auth.secret
         common: dict[str, Any] = {
             "issuer": auth.issuer,
             "audience": auth.audience,
             "leeway": auth.leeway,
         }
+        if auth.jwks_url:
+            if key_secret or auth.public_key_file:
+                raise ValueError("[auth] jwks_url: another token key is set too; set only one")
+            if keyset is None:
+                raise ValueError("[auth] jwks_url: no key set service was given")
+            return cls(clock, keyset=keyset, **common)
         if auth.public_key_file:
             if key_secret:
                 raise ValueError(
@@ -356,7 +405,7 @@ class TokenVerifier:
         parts = token.split(".")
         if len(parts) != 3:
             raise TokenError(MALFORMED_TOKEN, "not three segments")
-        _json_object(_segment(parts[0]), "header")
+        header = _json_object(_segment(parts[0]), "header")
         claims = _json_object(_segment(parts[1]), "payload")
         _segment(parts[2])
         exp = _numeric_date(claims, "exp")
@@ -367,7 +416,12 @@ class TokenVerifier:
         audience = _audience(claims)
 
         try:
-            self._jws.decode_complete(token, self._key, algorithms=list(self.algorithms))
+            if self._key is not None:
+                self._jws.decode_complete(token, self._key, algorithms=list(self.algorithms))
+            else:
+                self._verify_with_set(token, header)
+        except TokenError:
+            raise
         except jwt.InvalidAlgorithmError:
             raise TokenError(INVALID_TOKEN, "algorithm not allowed for the key") from None
         except jwt.InvalidSignatureError:
@@ -399,6 +453,54 @@ class TokenVerifier:
         if not subject:
             raise TokenError(INVALID_TOKEN, "sub claim missing")
         return Claims(subject=subject, expires_at=exp, symbols=_symbols(claims))
+
+    def _verify_with_set(self, token: str, header: dict[str, Any]) -> None:
+        assert self.keyset is not None
+        keys = self.keyset.keys
+        if keys is None:
+            raise TokenError(INVALID_TOKEN, "no JWK Set loaded")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise TokenError(MALFORMED_TOKEN, "kid header is not a string")
+        alg = header.get("alg")
+        candidates = keys.candidates(kid)
+        if candidates is None:
+            raise UnknownKeyError()
+        fitting = [k for k in candidates if alg in k.algorithms]
+        if not fitting:
+            raise TokenError(INVALID_TOKEN, "algorithm not allowed for the key")
+        for key in fitting:
+            try:
+                self._jws.decode_complete(token, key.key, algorithms=list(key.algorithms))
+                return
+            except jwt.InvalidSignatureError:
+                continue
+        raise TokenError(INVALID_TOKEN, "bad signature")
+
+    def verify_deferred(self, token: str) -> Deferred[Claims]:
+        """verify(), waiting for a JWK Set fetch when the token's kid is unknown (at most one
+        fetch per 10 s; when none is allowed, the token is refused at once). The Deferred has
+        its result already unless a fetch is needed; it fails with TokenError only."""
+        try:
+            return succeed(self.verify(token))
+        except UnknownKeyError:
+            pass
+        except TokenError as e:
+            return fail(e)
+        assert self.keyset is not None
+        fetch = self.keyset.refresh_for_unknown_kid()
+        if fetch is None:
+            return fail(TokenError(INVALID_TOKEN, "unknown key id"))
+        result: Deferred[Claims] = Deferred()
+
+        def again(_: object) -> None:
+            try:
+                result.callback(self.verify(token))
+            except TokenError as e:
+                result.errback(e)
+
+        fetch.addBoth(again)
+        return result
 
 
 def mint_token(

@@ -59,7 +59,8 @@ class HTTPError(Exception):
 
     def render(self, request: Request) -> bytes:
         """Set the status and headers on a twisted.web request; return the body."""
-        request.setResponseCode(self.status)
+        # twisted.web knows no reason phrase for some statuses (431): give it ours
+        request.setResponseCode(self.status, HTTPStatus(self.status).phrase.encode())
         for k, v in self.all_headers():
             request.setHeader(k, v)
         return self.body()

@@ -5,16 +5,22 @@ rate 429, Origin 403, token 401, upgrade headers 400, symbols 400, entitlement
 403, per-user 429, full 503. Only a handshake that passed them all reaches
 Autobahn, with the verdict attached, so a refused socket holds no WebSocket
 state. (Sizes 414/431, method 405 and path 404 are checked by the router.)
+
+With a JWK Set, a token whose ``kid`` is unknown waits for a (throttled) fetch of the set:
+the handshake then returns NOT_DONE_YET and is answered, or handed to Autobahn, from a
+callback (:func:`respond_verified`); the reactor never blocks. REST requests do the same.
 """
 
 from __future__ import annotations
 
 import base64
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from quoted.auth import Claims, TokenError, TokenVerifier, bearer_token
@@ -44,6 +50,66 @@ def verify_request(request: Request, verifier: TokenVerifier) -> Claims:
         return verifier.verify(request_token(request))
     except TokenError as e:
         raise HTTPError.from_token(e) from None
+
+
+def token_of(request: Request) -> str:
+    """request_token(), refusing with a 401 HTTPError."""
+    try:
+        return request_token(request)
+    except TokenError as e:
+        raise HTTPError.from_token(e) from None
+
+
+_log = Logger(namespace="quoted.gate")
+
+
+def respond_verified(
+    request: Request,
+    verifier: TokenVerifier,
+    token: str,
+    proceed: Callable[[Claims], bytes | int],
+    refuse: Callable[[HTTPError], bytes],
+) -> bytes | int:
+    """Verify ``token``, then answer with ``proceed(claims)``, or ``refuse(error)`` for a
+    refused token or any HTTPError ``proceed`` raises.
+
+    When the verification needs a JWK Set fetch, return NOT_DONE_YET and finish the request
+    from the callback (unless the client has gone meanwhile); otherwise return the answer.
+    """
+    state: dict[str, object] = {}
+
+    def settle(result: Claims | Failure) -> None:
+        try:
+            if isinstance(result, Failure):
+                if result.check(TokenError):
+                    raise HTTPError.from_token(result.value)  # type: ignore[arg-type]
+                result.raiseException()
+            assert isinstance(result, Claims)
+            body = proceed(result)
+        except HTTPError as e:
+            body = refuse(e)
+        except Exception:
+            _log.failure("request failed", log_id="quoted.gate.failed")
+            body = refuse(HTTPError(500, "internal_error", "the server failed; retry later"))
+        if "waiting" not in state:
+            state["answer"] = body
+        elif "gone" not in state and body != NOT_DONE_YET:
+            assert isinstance(body, bytes)
+            request.write(body)
+            request.finish()
+
+    verifier.verify_deferred(token).addBoth(settle)
+    if "answer" in state:
+        answer = state["answer"]
+        assert isinstance(answer, bytes | int)
+        return answer
+    state["waiting"] = True
+
+    def gone(_: Failure) -> None:
+        state["gone"] = True
+
+    request.notifyFinish().addErrback(gone)
+    return NOT_DONE_YET
 
 
 def requested_symbols(request: Request) -> list[str] | None:
@@ -191,11 +257,26 @@ class Gate(WebSocketResource):
 
     def handshake(self, request: Request) -> int | bytes:
         try:
-            accepted = self.check(request)
+            self.check_before_token(request)
+            token = token_of(request)
         except HTTPError as e:
-            self.metrics.handshakes.labels(result=str(e.status)).inc()
-            self.metrics.rejections.labels(code=e.code).inc()
-            return e.render(request)
+            return self.refuse(request, e)
+        return respond_verified(
+            request,
+            self.verifier,
+            token,
+            lambda claims: self.upgrade(request, claims),
+            lambda e: self.refuse(request, e),
+        )
+
+    def refuse(self, request: Request, e: HTTPError) -> bytes:
+        self.metrics.handshakes.labels(result=str(e.status)).inc()
+        self.metrics.rejections.labels(code=e.code).inc()
+        return e.render(request)
+
+    def upgrade(self, request: Request, claims: Claims) -> int | bytes:
+        """The checks after the token; then the socket goes to Autobahn."""
+        accepted = self.check_after_token(request, claims)
         self.pool.reserve(accepted.user)
         self.factory.pending = accepted
         try:
@@ -207,7 +288,7 @@ class Gate(WebSocketResource):
             self.metrics.handshakes.labels(result="upgrade_failed").inc()
         return result
 
-    def check(self, request: Request) -> Accepted:
+    def check_before_token(self, request: Request) -> None:
         if self.pool.draining:
             raise shutting_down()
         wait = self.limiter.wait(client_ip(request, self.server.trusted_proxies))
@@ -224,7 +305,10 @@ class Gate(WebSocketResource):
                 "forbidden_origin",
                 "this Origin may not open WebSockets here; see [server] allowed_origins",
             )
-        claims = verify_request(request, self.verifier)
+
+    def check_after_token(self, request: Request, claims: Claims) -> Accepted:
+        if self.pool.draining:  # a JWK Set fetch may have taken a while
+            raise shutting_down()
         check_upgrade(request)
         symbols = requested_symbols(request)
         entries: list[Entry] = []

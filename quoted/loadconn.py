@@ -19,8 +19,9 @@ import hashlib
 import json
 import os
 import socket
+import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from datetime import datetime
 from typing import Any
 from typing import Protocol as TypingProtocol
@@ -58,6 +59,7 @@ class Stats:
     """Counters shared by every connection of a run."""
 
     __slots__ = (
+        "backlog",
         "bytes",
         "closed",
         "connect_us",
@@ -89,6 +91,7 @@ class Stats:
         self.connect_us: list[int] = []  # since the last fold
         self.lu_cache: dict[str, int] = {}  # last_updated text -> epoch ms
         self.sample = 0
+        self.backlog: Backlog | None = None
 
     def last_updated_ms(self, text: str) -> int:
         ms = self.lu_cache.get(text)
@@ -98,6 +101,43 @@ class Stats:
             ms = round(datetime.fromisoformat(text).timestamp() * 1000)
             self.lu_cache[text] = ms
         return ms
+
+
+class Backlog:
+    """Bytes read but not yet processed, each with the time it was read.
+
+    Latency is measured to when the client read a message off its socket, not to
+    when this one process got round to parsing it: a tick's burst of 10,000
+    messages takes it far longer to parse than the server takes to send, and
+    parsing in the read callback would charge the client's own backlog to the
+    server. Reads only stamp and queue; the queue is worked off in slices of at
+    most SLICE seconds, between which the reactor reads (and stamps) again.
+    """
+
+    SLICE = 0.005
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self.queue: deque[tuple[LoadConnection, bytes, float]] = deque()
+        self.scheduled = False
+
+    def add(self, conn: LoadConnection, data: bytes) -> None:
+        self.queue.append((conn, data, self.clock.seconds()))
+        if not self.scheduled:
+            self.scheduled = True
+            self.clock.callLater(0, self.drain)
+
+    def drain(self) -> None:
+        queue = self.queue
+        deadline = time.perf_counter() + self.SLICE
+        while queue and time.perf_counter() < deadline:
+            conn, data, read_at = queue.popleft()
+            if conn.state in (OPEN, CLOSING):
+                conn._frames(data, read_at)
+        if queue:
+            self.clock.callLater(0, self.drain)
+        else:
+            self.scheduled = False
 
 
 class Hooks(TypingProtocol):
@@ -187,7 +227,11 @@ class LoadConnection(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self.state in (OPEN, CLOSING):
-            self._frames(data)
+            backlog = self.stats.backlog
+            if backlog is None:
+                self._frames(data, self.clock.seconds())
+            else:
+                backlog.add(self, data)
         elif self.state == HANDSHAKE:
             self._handshake(data)
         elif self.state == REJECTED:
@@ -232,7 +276,7 @@ class LoadConnection(Protocol):
         self._head = bytearray()
         self.hooks.opened(self)
         if rest and self.state == OPEN:
-            self._frames(rest)
+            self._frames(rest, self.clock.seconds())
 
     def accept_key(self) -> str:
         start = self.request.index(b"Sec-WebSocket-Key: ") + 19
@@ -285,12 +329,12 @@ class LoadConnection(Protocol):
 
     # -- frames -----------------------------------------------------------------------------
 
-    def _frames(self, data: bytes) -> None:
+    def _frames(self, data: bytes, read_at: float) -> None:
         try:
             events = self.reader.feed(data)
             for opcode, payload, rsv1, wire in events:
                 if opcode == OP_TEXT:
-                    self._message(payload, rsv1, wire)
+                    self._message(payload, rsv1, wire, read_at)
                 elif opcode == OP_PING:
                     self._tcp.write(client_frame(OP_PONG, payload))
                 elif opcode == OP_CLOSE:
@@ -302,7 +346,7 @@ class LoadConnection(Protocol):
             self.stats.protocol_errors += 1
             self._tcp.abortConnection()
 
-    def _message(self, payload: bytes, rsv1: bool, wire: int) -> None:
+    def _message(self, payload: bytes, rsv1: bool, wire: int, read_at: float) -> None:
         stats = self.stats
         if rsv1:
             if self._inflater is None:
@@ -340,7 +384,7 @@ class LoadConnection(Protocol):
         stats.bytes += wire
         if updates:
             stats.updates += len(updates)
-            now_ms = int(self.clock.seconds() * 1000)
+            now_ms = int(read_at * 1000)
             latency = stats.latency
             for text in updates:
                 ms = now_ms - stats.last_updated_ms(text)

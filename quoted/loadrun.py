@@ -27,7 +27,15 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from quoted.auth import mint_token
-from quoted.loadconn import CLOSED, OPEN, LoadConnection, OneShotFactory, Stats, upgrade_request
+from quoted.loadconn import (
+    CLOSED,
+    OPEN,
+    Backlog,
+    LoadConnection,
+    OneShotFactory,
+    Stats,
+    upgrade_request,
+)
 
 MAX_IN_FLIGHT = 500  # handshakes under way at once
 REST_CHUNK = 1000  # the REST limit of symbols per request
@@ -106,6 +114,7 @@ class Runner:
     def __init__(self, opts: Options, reactor: Any, err: TextIO) -> None:
         self.opts, self.reactor, self.err = opts, reactor, err
         self.stats = Stats()
+        self.stats.backlog = Backlog(reactor)
         self.latency = HdrHistogram(1, 3_600_000, 3)
         self.connect_hist = HdrHistogram(1, 3_600_000_000, 3)  # microseconds
         self.rng = random.Random(opts.seed)

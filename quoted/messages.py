@@ -270,8 +270,42 @@ def decode_client_message(data: bytes) -> ClientMessage:
     return ClientMessage(type=type_, id=id_, symbols=symbols, token=token)
 
 
+_HTML_UNSAFE: Final = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+
+def json_text(value: Any) -> bytes:
+    """Compact ASCII JSON with ``<``, ``>`` and ``&`` escaped (``\\u003c``...), as Go's
+    encoding/json writes them: client input echoed back (invalid symbols, ids) can never
+    form markup, even in a client that pastes a message into HTML."""
+    text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return text.translate(_HTML_UNSAFE).encode("ascii")
+
+
 def _encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode("ascii")
+    return json_text(message)
+
+
+# close codes a peer may send (RFC 6455 7.4; Autobahn's list plus the private range)
+_CLOSE_CODES_ALLOWED: Final = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011))
+
+
+def close_payload_error(payload: bytes) -> tuple[int, str] | None:
+    """What is wrong with a client's close frame payload, as (close code, reason), or None.
+
+    One byte, a code that may not be sent (reserved, 1005, 1006, below 1000, 5000 and up)
+    is 1002; a reason that is not UTF-8 is 1007."""
+    if not payload:
+        return None
+    if len(payload) == 1:
+        return 1002, "close payload of one byte"
+    code = int.from_bytes(payload[:2], "big")
+    if code not in _CLOSE_CODES_ALLOWED and not 3000 <= code <= 4999:
+        return 1002, "invalid close code"
+    try:
+        payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        return 1007, "close reason is not UTF-8"
+    return None
 
 
 def _with_id(type_: str, id: MessageId) -> dict[str, Any]:

@@ -48,6 +48,8 @@ class Metrics:
         "connections_idle",
         "fanout_latency",
         "feed_leader",
+        "gc_during_broadcast",
+        "gc_pause",
         "handshakes",
         "messages_received",
         "messages_sent",
@@ -147,9 +149,23 @@ class Metrics:
         )
         self.fanout_latency = Histogram(
             "quoted_fanout_latency_seconds",
-            "From when a price was computed (its last_updated) to when the message carrying it "
-            "was written to the transport (the oldest update of each message).",
+            "Per tick: from when the tick's prices were computed (their last_updated) to when "
+            "the last message carrying them was written: the latency of the last client served.",
             buckets=FANOUT_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+        # Garbage collection (quoted.collector).
+        self.gc_pause = Histogram(
+            "quoted_gc_pause_seconds",
+            "Seconds each garbage collection held the reactor, by generation.",
+            ["generation"],
+            buckets=FANOUT_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.gc_during_broadcast = Counter(
+            "quoted_gc_during_broadcast",
+            "Garbage collections that started while a tick was being fanned out (should be 0).",
             registry=r,
         )
 

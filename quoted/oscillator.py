@@ -58,11 +58,14 @@ class OscillatorService(Service):
         publish: Callable[[list[Quote]], None],
         rng: random.Random | None = None,
         on_tick: Callable[[int, int], None] | None = None,
+        emit: Callable[[list[tuple[Entry, float]], int], int] | None = None,
     ) -> None:
         """``active`` returns the entries that may move now; ``publish`` receives one tick's new
         quotes (never an empty list). ``on_tick(moved, skipped)``, when given, is called every
         tick with how many quotes moved and how many ticks were skipped since the previous one
-        (the clock jumped or the reactor was busy), for metrics."""
+        (the clock jumped or the reactor was busy), for metrics. ``emit``, when given, receives
+        the tick's (entry, new price) pairs and its millisecond instead of the oscillator
+        applying them (quoted.redisbridge publishes them first) and returns how many moved."""
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
         if not interval > 0:
@@ -80,6 +83,7 @@ class OscillatorService(Service):
         self._publish = publish
         self._rng = rng if rng is not None else random.Random()
         self._on_tick = on_tick
+        self._emit = emit
         self._loop: LoopingCall | None = None
 
     def startService(self) -> None:
@@ -125,6 +129,9 @@ class OscillatorService(Service):
                 chosen = [rng.choice(active)]
         at_ms = int(self._seconds() * 1000)
         pct = self._fraction
+        if self._emit is not None:
+            moves = [(e, next_price(e.instrument.base_price, pct, rng)) for e in chosen]
+            return self._emit(moves, at_ms)
         quotes: list[Quote] = []
         for e in chosen:
             q = e.set(next_price(e.instrument.base_price, pct, rng), at_ms)

@@ -8,6 +8,7 @@ that reconnected together are not pinged together.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -45,6 +46,13 @@ class ConnectionPool(Service):
         self.reserved = 0
         self.draining = False
         self._sweep: LoopingCall | None = None
+        self._step = self.sweep_step()
+        period = min(config.health_check_interval, config.idle_timeout)
+        self._wheel: list[set[QuoteProtocol]] = [
+            set() for _ in range(max(1, round(period / self._step)))
+        ]
+        self._origin = clock.seconds()
+        self._next = 1  # the next sweep
         self._closed: dict[QuoteProtocol, Deferred[None]] = {}
 
     # -- limits -------------------------------------------------------------
@@ -74,9 +82,12 @@ class ConnectionPool(Service):
         conn.next_ping = now + self._rng.uniform(0, self._config.health_check_interval)
         conn.ping_outstanding = False
         self.connections.add(conn)
+        conn.slot = 0
+        self._place(conn)
 
     def remove(self, conn: QuoteProtocol) -> None:
         self.connections.discard(conn)
+        self._wheel[conn.slot].discard(conn)
         d = self._closed.pop(conn, None)
         if d is not None:
             d.callback(None)
@@ -92,26 +103,49 @@ class ConnectionPool(Service):
         super().startService()
         self._sweep = LoopingCall(self.sweep)
         self._sweep.clock = self._clock
-        self._sweep.start(self.sweep_step(), now=False).addErrback(self._sweep_failed)
+        self._sweep.start(self._step, now=False).addErrback(self._sweep_failed)
 
     def _sweep_failed(self, failure: Failure) -> None:
         self.log.failure("the connection sweep stopped", failure, log_id="quoted.pool.sweep_failed")
 
+    def _place(self, conn: QuoteProtocol) -> None:
+        """Put a connection in the wheel slot of the first sweep at or after it is due:
+        its next ping, or its idle deadline if that comes first."""
+        due = min(conn.next_ping, conn.last_seen + self._config.idle_timeout)
+        slot = math.ceil((due - self._origin) / self._step) % len(self._wheel)
+        if slot != conn.slot or conn not in self._wheel[slot]:
+            self._wheel[conn.slot].discard(conn)
+            conn.slot = slot
+            self._wheel[slot].add(conn)
+
     def sweep(self) -> None:
-        """Close idle connections and those that did not answer the last ping; send pings."""
+        """Visit the wheel slots due by now: close idle connections and those that did
+        not answer the last ping; send pings.
+
+        Each connection sits in the slot of the sweep at or after its next ping or idle
+        deadline (traffic only moves the deadline later: the connection is re-placed when
+        visited), so a sweep costs a slot's share of the connections, not all of them.
+        """
         now = self._clock.seconds()
         idle = self._config.idle_timeout
         interval = self._config.health_check_interval
-        for conn in list(self.connections):
-            if now - conn.last_seen >= idle:
-                conn.close_with(CLOSE_POLICY, "idle timeout")
-            elif now >= conn.next_ping:
-                if conn.ping_outstanding:
-                    conn.close_with(CLOSE_POLICY, "no pong to the last ping")
-                else:
+        wheel = self._wheel
+        # sweep m is due at origin + m * step: make up any the clock skipped
+        while self._origin + self._next * self._step <= now:
+            slot = wheel[self._next % len(wheel)]
+            self._next += 1
+            for conn in list(slot):
+                if now - conn.last_seen >= idle:
+                    conn.close_with(CLOSE_POLICY, "idle timeout")
+                    continue
+                if now >= conn.next_ping:
+                    if conn.ping_outstanding:
+                        conn.close_with(CLOSE_POLICY, "no pong to the last ping")
+                        continue
                     conn.ping_outstanding = True
                     conn.next_ping = now + interval
-                    conn.sendPing()
+                    conn.send_ping()
+                self._place(conn)
 
     # -- shutdown -----------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import signal
 import sys
 from typing import Any
 
@@ -60,6 +61,7 @@ def dev_banner(secret: bytes, listen: str, now: float) -> str:
         "with a random secret that lives as long as this process.\n\n"
         f'Demo token (sub "demo", valid 24h):\n  {token}\n\n'
         f"WebSocket:\n  {ws}/ws/quotes?symbols={DEMO_SYMBOLS}&token={token}\n\n"
+        f"Browser board:\n  {base}/?token={token}\n\n"
         f"REST:\n  curl -H 'Authorization: Bearer {token}' "
         f"'{base}/v1/quotes?symbols={DEMO_SYMBOLS}'\n"
     )
@@ -88,6 +90,11 @@ def makeService(options: dict[str, Any]) -> IService:
     # twistd re-raises the signal that stopped it, so a clean SIGTERM would end
     # the process "killed by signal 15"; after an orderly drain we exit 0
     reactor.addSystemEventTrigger("after", "shutdown", _exit_cleanly, reactor)
+    # the listener opens while twistd starts the services, before the reactor
+    # installs its own signal handlers: a SIGTERM in that window must still be a
+    # clean stop, not the default death by signal
+    threads: Any = reactor
+    signal.signal(signal.SIGTERM, lambda signum, frame: threads.callFromThread(reactor.stop))
     try:
         return build(config, reactor, secret=secret)
     except (InstrumentError, ValueError, OSError) as e:

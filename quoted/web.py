@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from prometheus_client.twisted import MetricsResource
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from quoted.auth import TokenVerifier
+from quoted.auth import Claims, TokenVerifier
 from quoted.errors import RETRY_AFTER, HTTPError, method_not_allowed, not_found
-from quoted.gate import Gate, requested_symbols, resolve_symbols, verify_request
+from quoted.gate import Gate, requested_symbols, resolve_symbols, respond_verified, token_of
+from quoted.messages import json_text
 from quoted.metrics import Metrics
 from quoted.pool import ConnectionPool
 from quoted.store import QuoteStore
@@ -31,6 +36,9 @@ HARD_LINE_BYTES = 64 * 1024
 REST_MAX_SYMBOLS = 1000
 # idle HTTP connections (keep-alive, a slow request head) are closed after this
 HTTP_TIMEOUT = 60
+# slowloris: the whole request head must arrive within this many seconds of the connection
+# (or of the previous response, on a kept-alive connection), however it trickles in
+HEAD_TIMEOUT = 10.0
 
 
 def json_body(request: Request, value: object, status: int = 200) -> bytes:
@@ -66,14 +74,17 @@ class Router(Resource):
         self.verifier = verifier
         self.metrics = metrics
         self.metrics_resource = MetricsResource(registry=metrics.registry)
+        # quoted.redisbridge's readiness: (status, body) while Redis is not up, else None
+        self.broker_readiness: Callable[[], tuple[int, dict[str, str]] | None] | None = None
         self.routes: dict[bytes, Callable[[Request], bytes | int]] = {
             b"/ws/quotes": self.gate.handshake,
-            b"/v1/quotes": self.quotes,
-            b"/v1/instruments": self.instruments,
+            b"/v1/quotes": self.authenticated(self.quotes),
+            b"/v1/instruments": self.authenticated(self.instruments),
             b"/healthz": self.healthz,
             b"/readyz": self.readyz,
             b"/metrics": self.metrics_resource.render,
         }
+        self.routes.update(static_routes())  # the browser board: / and /static/...
 
     def render(self, request: Request) -> bytes | int:
         try:
@@ -103,9 +114,29 @@ class Router(Resource):
 
     # -- REST -------------------------------------------------------------------
 
-    def quotes(self, request: Request) -> bytes:
+    def authenticated(
+        self, handler: Callable[[Request, Claims], bytes]
+    ) -> Callable[[Request], bytes | int]:
+        """A route answering ``handler(request, claims)`` once the token is verified (later,
+        when a JWK Set fetch is needed first)."""
+
+        def route(request: Request) -> bytes | int:
+            return respond_verified(
+                request,
+                self.verifier,
+                token_of(request),
+                lambda claims: handler(request, claims),
+                lambda e: self.refuse(request, e),
+            )
+
+        return route
+
+    def refuse(self, request: Request, e: HTTPError) -> bytes:
+        self.metrics.rejections.labels(code=e.code).inc()
+        return e.render(request)
+
+    def quotes(self, request: Request, claims: Claims) -> bytes:
         """{"quotes":{SYM: quote}} for the requested (or every) entitled symbol."""
-        claims = verify_request(request, self.verifier)
         symbols = requested_symbols(request)
         invalid: list[str] = []
         forbidden: list[str] = []
@@ -121,16 +152,15 @@ class Router(Resource):
             b"}",
         ]
         if invalid:
-            parts += [b',"invalid_symbols":', json.dumps(invalid).encode()]
+            parts += [b',"invalid_symbols":', json_text(invalid)]
         if forbidden:
-            parts += [b',"forbidden_symbols":', json.dumps(forbidden).encode()]
+            parts += [b',"forbidden_symbols":', json_text(forbidden)]
         parts.append(b"}\n")
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
         return b"".join(parts)
 
-    def instruments(self, request: Request) -> bytes:
-        verify_request(request, self.verifier)
+    def instruments(self, request: Request, claims: Claims) -> bytes:
         out = []
         for e in self.store.entries:
             i = e.instrument
@@ -153,21 +183,113 @@ class Router(Resource):
         if self.pool.draining:
             request.setHeader(b"Retry-After", str(RETRY_AFTER).encode())
             return json_body(request, {"status": "draining"}, 503)
+        if not self.verifier.ready:
+            request.setHeader(b"Retry-After", str(RETRY_AFTER).encode())
+            return json_body(request, {"status": "waiting_for_jwks"}, 503)
+        broker = self.broker_readiness() if self.broker_readiness is not None else None
+        if broker is not None:
+            status, body = broker
+            if status == 503:
+                request.setHeader(b"Retry-After", str(RETRY_AFTER).encode())
+            return json_body(request, body, status)
         return json_body(request, {"status": "ready"})
+
+
+STATIC_DIR = Path(__file__).with_name("static")
+STATIC_TYPES = {
+    ".html": b"text/html; charset=utf-8",
+    ".js": b"text/javascript; charset=utf-8",
+    ".css": b"text/css; charset=utf-8",
+}
+# the board talks only to its own origin (its WebSocket and /v1/quotes)
+STATIC_CSP = (
+    b"default-src 'self'; connect-src 'self'; img-src 'self'; "
+    b"frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+
+
+def static_routes() -> dict[bytes, Callable[[Request], bytes]]:
+    """The browser board's files (quoted/static), read once: ``/`` and ``/static/NAME``."""
+    routes: dict[bytes, Callable[[Request], bytes]] = {}
+    for path in sorted(STATIC_DIR.glob("*")):
+        kind = STATIC_TYPES.get(path.suffix)
+        if kind is None:
+            continue
+        route = _static(path.read_bytes(), kind)
+        routes[b"/static/" + path.name.encode()] = route
+        if path.name == "index.html":
+            routes[b"/"] = route
+    return routes
+
+
+def _static(body: bytes, kind: bytes) -> Callable[[Request], bytes]:
+    def render(request: Request) -> bytes:
+        request.setHeader(b"Content-Type", kind)
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        request.setHeader(b"Content-Security-Policy", STATIC_CSP)
+        request.setHeader(b"Referrer-Policy", b"no-referrer")
+        return body
+
+    return render
 
 
 class QuotedChannel(HTTPChannel):
     """twisted.web's HTTP/1.1 channel with its hard limits above the documented ones,
-    so that a long URL or large headers get our 414/431 JSON answer."""
+    so that a long URL or large headers get our 414/431 JSON answer; and a deadline for the
+    request head (slowloris): its site's ``head_timeout`` seconds from the connection, or
+    from the previous response on a kept-alive connection, until all headers are in. When it
+    passes the client gets 408 ``request_timeout`` and the connection is closed."""
 
     MAX_LENGTH = HARD_LINE_BYTES
     totalHeadersSize = HARD_LINE_BYTES
+    _head_timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._arm_head_timer()
+
+    def allHeadersReceived(self) -> None:
+        self._cancel_head_timer()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: http.Request) -> None:
+        super().requestDone(request)
+        if self.persistent and self.transport is not None:
+            self._arm_head_timer()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_head_timer()
+        super().connectionLost(reason)
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        timeout = getattr(getattr(self, "site", None), "head_timeout", HEAD_TIMEOUT)
+        self._head_timer = self.callLater(timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            if self._head_timer.active():
+                self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        transport: Any = self.transport
+        if transport is None:  # handed over to the WebSocket
+            return
+        error = HTTPError(
+            408, "request_timeout", "the request head did not arrive in time; closing"
+        )
+        transport.write(error.raw_response())
+        transport.loseConnection()
 
 
 class QuotedSite(Site):
     """twisted.web's Site on our channel, without its access log (request lines carry ?token=)."""
 
     protocol = QuotedChannel  # type: ignore[assignment]
+    head_timeout = HEAD_TIMEOUT
 
     def log(self, request: http.Request) -> None:
         pass

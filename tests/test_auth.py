@@ -17,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from quoted.auth import (
@@ -566,7 +568,7 @@ def test_from_config_public_key_file(tmp_path: Path, keys: dict[str, Any]) -> No
 
 
 def test_from_config_errors(tmp_path: Path, keys: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match=r"^\[auth\] jwks_url: not supported yet$"):
+    with pytest.raises(ValueError, match=r"^\[auth\] jwks_url: no key set service was given$"):
         TokenVerifier.from_config(auth_config(jwks_url="https://issuer.test/jwks"), clock_at())
     missing = tmp_path / "missing.pem"
     with pytest.raises(ValueError, match=r"^\[auth\] public_key_file: cannot read"):
@@ -685,3 +687,72 @@ def test_mint_token_refusals() -> None:
         mint_token(b"", "demo", now=NOW, ttl=60)
     with pytest.raises(ValueError, match="algorithm"):
         mint_token(SECRET, "demo", now=NOW, ttl=60, algorithm="RS256")
+
+
+# -- property tests: any token shape is refused with TokenError only ----------------------------
+
+
+_b64_segment = st.binary(max_size=80).map(
+    lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+)
+_json_segment = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+).map(lambda v: base64.urlsafe_b64encode(json.dumps(v).encode()).rstrip(b"=").decode())
+_claims_segment = st.fixed_dictionaries(
+    {},
+    optional={
+        "sub": st.text(max_size=5) | st.integers(),
+        "exp": st.integers() | st.floats() | st.text(max_size=3),
+        "nbf": st.integers() | st.floats(),
+        "iat": st.integers() | st.floats(),
+        "aud": st.text(max_size=3) | st.lists(st.text(max_size=3), max_size=2) | st.integers(),
+        "symbols": st.text(max_size=3) | st.lists(st.text(max_size=3) | st.integers(), max_size=3),
+    },
+).map(lambda v: base64.urlsafe_b64encode(json.dumps(v).encode()).rstrip(b"=").decode())
+_header_segment = st.fixed_dictionaries(
+    {"alg": st.sampled_from(["HS256", "RS256", "none", "ES256", "EdDSA", "", "HS999"])},
+    optional={"kid": st.text(max_size=4) | st.integers(), "typ": st.just("JWT")},
+).map(lambda v: base64.urlsafe_b64encode(json.dumps(v).encode()).rstrip(b"=").decode())
+_token_shapes = (
+    st.text(max_size=120)
+    | st.binary(max_size=120).map(lambda b: b.decode("latin-1"))
+    | st.lists(_b64_segment | _json_segment | st.text(max_size=10), min_size=1, max_size=5).map(
+        ".".join
+    )
+    | st.tuples(_header_segment, _claims_segment, _b64_segment).map(".".join)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_token_shapes)
+def test_any_token_shape_raises_only_token_error(token: str) -> None:
+    verifier = hmac_verifier()
+    try:
+        verifier.verify(token)
+    except TokenError as e:
+        assert e.code in MESSAGES
+        assert token not in str(e) or len(token) < 4  # never quoted back
+    d = verifier.verify_deferred(token)
+    failures: list[Any] = []
+    d.addErrback(failures.append)
+    assert d.called
+    for f in failures:
+        assert isinstance(f.value, TokenError)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_token_shapes)
+def test_any_token_shape_with_a_signature_raises_only_token_error(token: str) -> None:
+    # the header and claims as drawn, signed for real: only the claims decide
+    head, _, rest = token.partition(".")
+    body = rest.partition(".")[0]
+    mac = hmac.new(SECRET, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    signed_token = f"{head}.{body}." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    try:
+        hmac_verifier().verify(signed_token)
+    except TokenError:
+        pass

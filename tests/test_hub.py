@@ -39,8 +39,9 @@ class FakeConn:
         self.raw: list[bytes] = []
         self.slow_calls = 0
 
-    def send_patch(self, payload: bytes) -> None:
+    def send_patch(self, payload: bytes) -> int:
         self.raw.append(payload)
+        return len(payload) + 2
 
     def slow_consumer(self) -> None:
         self.slow_calls += 1

@@ -328,3 +328,44 @@ def test_non_ascii_is_escaped_in_answers() -> None:
     out = encode_error("unknown_type", messages.unknown_type_message("\u00e9\ud800"), "\u00e9")
     assert out.isascii()
     assert json.loads(out)["id"] == "\u00e9"
+
+
+# -- escaping of echoed input and close payloads --------------------------------------------------
+
+
+@given(st.recursive(st.text() | st.integers() | st.none(), lambda i: st.lists(i, max_size=4)))
+def test_json_text_round_trips_and_never_holds_markup(value: Any) -> None:
+    from quoted.messages import json_text
+
+    out = json_text(value)
+    assert json.loads(out) == value
+    assert not set(out) & set(b"<>&") and out.isascii()
+
+
+@pytest.mark.parametrize(
+    "payload,want",
+    [
+        (b"", None),
+        (b"\x03", (1002, "close payload of one byte")),
+        ((1000).to_bytes(2, "big"), None),
+        ((4001).to_bytes(2, "big") + "bye \u00e9".encode(), None),
+        ((999).to_bytes(2, "big"), (1002, "invalid close code")),
+        ((1005).to_bytes(2, "big"), (1002, "invalid close code")),
+        ((1006).to_bytes(2, "big"), (1002, "invalid close code")),
+        ((2999).to_bytes(2, "big"), (1002, "invalid close code")),
+        ((5000).to_bytes(2, "big"), (1002, "invalid close code")),
+        ((1000).to_bytes(2, "big") + b"\xff", (1007, "close reason is not UTF-8")),
+    ],
+)
+def test_close_payload_error(payload: bytes, want: tuple[int, str] | None) -> None:
+    from quoted.messages import close_payload_error
+
+    assert close_payload_error(payload) == want
+
+
+@given(st.binary(max_size=130))
+def test_close_payload_error_is_total(payload: bytes) -> None:
+    from quoted.messages import close_payload_error
+
+    got = close_payload_error(payload)
+    assert got is None or got[0] in (1002, 1007)

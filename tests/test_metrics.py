@@ -22,6 +22,8 @@ FAMILIES = {
     "quoted_slow_consumer_closes": "counter",
     "quoted_write_stalls": "counter",
     "quoted_fanout_latency_seconds": "histogram",
+    "quoted_gc_pause_seconds": "histogram",
+    "quoted_gc_during_broadcast": "counter",
     "quoted_ticks": "counter",
     "quoted_ticks_skipped": "counter",
     "quoted_symbol_updates": "counter",

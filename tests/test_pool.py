@@ -44,8 +44,9 @@ class FakeConn:
         self.pings: list[float] = []
         self.closes: list[tuple[float, int, str]] = []
         self.aborts = 0
+        self.slot = 0
 
-    def sendPing(self) -> None:
+    def send_ping(self) -> None:
         now = self.clock.seconds()
         self.pings.append(now)
         if self.answer_pings:

@@ -387,8 +387,9 @@ def test_dev_banner_token_works_and_never_reaches_the_log(spawn: Spawn) -> None:
     ws.close()
     assert d.wait_exit(SHUTDOWN_TIMEOUT + MARGIN) in CLEAN_EXIT, d.output()
     out = d.stdout()
-    # the banner shows it three times (token, WebSocket URL, curl line); the logs never
-    assert out.count(token) == 3, out
+    # the banner shows it four times (token, WebSocket URL, browser board, curl line);
+    # the logs never
+    assert out.count(token) == 4, out
     log = after_banner(out)
     assert TIMESTAMP.match(log), log  # the logs did come after the banner
     assert "quoted stopped" in log

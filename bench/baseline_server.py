@@ -1,0 +1,44 @@
+"""The baseline of bench/run: quoted whose write path is Autobahn's own sendMessage.
+
+Everything else is quoted's (handshake, hub, encode-once operations, conflation),
+so the side-by-side ratio isolates what the hand-written write path saves over
+a plain Autobahn broadcast that calls ``sendMessage`` for every connection.
+Run by bench/run as ``python bench/baseline_server.py --listen ENDPOINT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from twisted.internet import reactor
+from twisted.logger import globalLogBeginner, textFileLogObserver
+
+from quoted.app import build
+from quoted.config import load_config
+from quoted.protocol import QuoteProtocol, WebSocketProtocol
+
+
+def send_with_autobahn(self: QuoteProtocol, payload: bytes) -> None:
+    if self.state == WebSocketProtocol.STATE_OPEN:
+        m = self.factory.metrics
+        m.messages_sent.inc()
+        m.bytes_sent.inc(len(payload) + 4)
+        self.sendMessage(payload)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--listen", required=True)
+    args = ap.parse_args()
+    QuoteProtocol.send_patch = send_with_autobahn  # type: ignore[method-assign]
+    import sys
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    service = build(load_config(None, listen=args.listen), reactor)
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
