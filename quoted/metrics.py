@@ -8,6 +8,8 @@ families keep the meanings of the Go prototype's ``tickstream_*`` ones (README.m
 
 from __future__ import annotations
 
+import gc
+
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -63,6 +65,7 @@ class Metrics:
         "symbol_updates_delivered",
         "ticks",
         "ticks_skipped",
+        "tracked_objects",
         "write_stalls",
     )
 
@@ -168,6 +171,13 @@ class Metrics:
             "Garbage collections that started while a tick was being fanned out (should be 0).",
             registry=r,
         )
+        self.tracked_objects = Gauge(
+            "quoted_tracked_objects",
+            "Objects the garbage collector tracks (not counting those frozen at start), read "
+            "at each scrape: with connections it should grow, and return when they close.",
+            registry=r,
+        )
+        self.tracked_objects.set_function(lambda: len(gc.get_objects()))
 
         # Feed.
         self.ticks = Counter(

@@ -24,6 +24,7 @@ FAMILIES = {
     "quoted_fanout_latency_seconds": "histogram",
     "quoted_gc_pause_seconds": "histogram",
     "quoted_gc_during_broadcast": "counter",
+    "quoted_tracked_objects": "gauge",
     "quoted_ticks": "counter",
     "quoted_ticks_skipped": "counter",
     "quoted_symbol_updates": "counter",
