@@ -28,6 +28,7 @@ from quoted.metrics import Metrics
 
 YOUNG_EVERY = 1.0  # seconds between collections of generations 0 and 1
 FULL_EVERY = 60.0  # at least this long between full collections
+IDLE_FULL_EVERY = 300.0  # a full collection at least this often, broadcasts or not
 
 
 class GarbageCollector(Service):
@@ -51,6 +52,7 @@ class GarbageCollector(Service):
         gc.freeze()  # what start-up built lives as long as the process
         gc.disable()
         gc.callbacks.append(self._timed)
+        self._metrics.tracked_objects.set_function(lambda: len(gc.get_objects()))
         self._last_full = self._clock.seconds()
         self._loop = LoopingCall(self.collect_young)
         self._loop.clock = self._clock
@@ -72,7 +74,13 @@ class GarbageCollector(Service):
         )
 
     def collect_young(self) -> None:
-        gc.collect(1)
+        """The young generations; the oldest too when no broadcast came for a long while
+        (a server whose symbols nobody moves still frees what closed connections left)."""
+        if self._clock.seconds() - self._last_full >= IDLE_FULL_EVERY:
+            self._last_full = self._clock.seconds()
+            gc.collect(2)
+        else:
+            gc.collect(1)
 
     def after_broadcast(self) -> None:
         """Called by the hub when a tick's messages are all written."""

@@ -8,8 +8,6 @@ families keep the meanings of the Go prototype's ``tickstream_*`` ones (README.m
 
 from __future__ import annotations
 
-import gc
-
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -173,11 +171,11 @@ class Metrics:
         )
         self.tracked_objects = Gauge(
             "quoted_tracked_objects",
-            "Objects the garbage collector tracks (not counting those frozen at start), read "
-            "at each scrape: with connections it should grow, and return when they close.",
+            "Objects the garbage collector tracks (not counting those frozen at start), counted "
+            "at each scrape while quoted runs: it grows with connections and returns when "
+            "they close.",
             registry=r,
         )
-        self.tracked_objects.set_function(lambda: len(gc.get_objects()))
 
         # Feed.
         self.ticks = Counter(

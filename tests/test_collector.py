@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
 
-from quoted.collector import FULL_EVERY, YOUNG_EVERY, GarbageCollector
+from quoted.collector import FULL_EVERY, IDLE_FULL_EVERY, YOUNG_EVERY, GarbageCollector
 from quoted.metrics import Metrics
 
 
@@ -74,3 +74,12 @@ def test_a_collection_during_a_broadcast_is_counted(
     collector.broadcasting = False
     gc.collect(0)
     assert value(metrics, "quoted_gc_during_broadcast_total") == 1
+
+
+def test_full_collection_without_broadcasts_every_five_minutes(
+    running: tuple[GarbageCollector, Clock, Metrics],
+) -> None:
+    _, clock, metrics = running
+    for _ in range(int(IDLE_FULL_EVERY / YOUNG_EVERY)):
+        clock.advance(YOUNG_EVERY)
+    assert value(metrics, "quoted_gc_pause_seconds_count", generation="2") == 1
