@@ -5,7 +5,6 @@ validates against its JSON Schema, as do the client messages the protocol docume
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import pytest_twisted
 
 from tests.harness import QuotedServer
+from tests.test_browser import node_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "docs" / "asyncapi.yaml"
@@ -24,13 +24,7 @@ BROWSER_DIR = ROOT / "tests" / "browser"
 
 def parse(path: Path) -> tuple[int, dict[str, Any]]:
     """The parser's verdict on ``path``: (exit code, its JSON report)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.fail("node and npm are needed (.ci/run installs them: apt-get install nodejs npm)")
-    if not (BROWSER_DIR / "node_modules").is_dir():
-        subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"], cwd=BROWSER_DIR, check=True, timeout=600
-        )
+    node = node_tools()
     run = subprocess.run(
         [node, str(BROWSER_DIR / "asyncapi.mjs"), str(path)],
         cwd=BROWSER_DIR,

@@ -16,8 +16,8 @@ import jsonpatch
 import pytest
 
 from quoted.auth import mint_token
-from tests.harness import SECRET, free_port
-from tests.test_process import Daemon, quoted_env
+from tests.harness import SECRET
+from tests.test_process import Daemon, running_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 BROWSER_DIR = ROOT / "tests" / "browser"
@@ -39,20 +39,7 @@ def node_tools() -> str:
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    port = free_port()
-    env = quoted_env(
-        JWT_SECRET=SECRET.decode(),
-        QUOTED_FEED_UPDATE_INTERVAL="250ms",
-        QUOTED_FEED_OSCILLATION_PERCENT="2",
-    )
-    workdir = tmp_path / "twistd"
-    workdir.mkdir()
-    d = Daemon(["--listen", f"tcp:{port}:interface=127.0.0.1"], env, workdir, port)
-    try:
-        d.wait_ready()
-        yield d
-    finally:
-        d.kill()
+    yield from running_daemon(tmp_path, "250ms")
 
 
 def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import free_port
+from tests.harness import SECRET, free_port
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 SHUTDOWN_TIMEOUT = 3.0  # QUOTED_SERVER_SHUTDOWN_TIMEOUT below
@@ -449,3 +449,22 @@ def test_bad_configuration_exits_non_zero_naming_the_problem(
     assert names in output, output
     assert "Demo token" not in output  # refused before the banner
     assert SECRET_VALUE[:20] not in output, output
+
+
+def running_daemon(tmp_path: Path, tick: str) -> Iterator[Daemon]:
+    """A twistd quoted on a free port with JWT_SECRET=SECRET, ticking every ``tick`` with
+    2% moves, for the clients' tests (``yield from`` it in a fixture); killed after."""
+    port = free_port()
+    env = quoted_env(
+        JWT_SECRET=SECRET.decode(),
+        QUOTED_FEED_UPDATE_INTERVAL=tick,
+        QUOTED_FEED_OSCILLATION_PERCENT="2",
+    )
+    workdir = tmp_path / "twistd"
+    workdir.mkdir()
+    d = Daemon(["--listen", f"tcp:{port}:interface=127.0.0.1"], env, workdir, port)
+    try:
+        d.wait_ready()
+        yield d
+    finally:
+        d.kill()

@@ -20,8 +20,8 @@ import pytest
 from quoted.auth import mint_token
 from quoted.reconnect import ClientState
 from quoted.watch import Mark, column_widths, header_row, quote_row, state_line
-from tests.harness import SECRET, free_port
-from tests.test_process import Daemon, quoted_env
+from tests.harness import SECRET
+from tests.test_process import Daemon, running_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 WATCH = str(Path(sys.executable).with_name("quoted-watch"))
@@ -74,20 +74,7 @@ def test_state_line() -> None:
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    port = free_port()
-    env = quoted_env(
-        JWT_SECRET=SECRET.decode(),
-        QUOTED_FEED_UPDATE_INTERVAL="200ms",
-        QUOTED_FEED_OSCILLATION_PERCENT="2",
-    )
-    workdir = tmp_path / "twistd"
-    workdir.mkdir()
-    d = Daemon(["--listen", f"tcp:{port}:interface=127.0.0.1"], env, workdir, port)
-    try:
-        d.wait_ready()
-        yield d
-    finally:
-        d.kill()
+    yield from running_daemon(tmp_path, "200ms")
 
 
 class Tmux:
