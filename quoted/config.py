@@ -15,24 +15,45 @@ from __future__ import annotations
 import argparse
 import configparser
 import difflib
-import ipaddress
-import math
 import os
-import re
-import stat
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
+
+from quoted.settingkinds import (
+    Kind,
+    Network,
+    any_text,
+    boolean,
+    choice,
+    duration,
+    endpoint,
+    file,
+    integer,
+    jwks_url,
+    networks,
+    number,
+    origins,
+    parse_duration,
+    prefix,
+    raw_secret,
+    redis_url,
+    secret_file,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "Config",
+    "ConfigError",
+    "load_config",
+    "parse_duration",
+    "settings_table",
+]
 
 DEFAULT_CONFIG_PATH = "/etc/quoted/quoted.conf"
 ENV_PREFIX = "QUOTED_"
-MIN_SECRET_BYTES = 32
 HIDDEN = "<hidden>"
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,230 +129,6 @@ class ConfigError(Exception):
         super().__init__("\n".join(self.problems))
 
 
-# -- durations ----------------------------------------------------------------------------
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)", re.ASCII)
-_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+", re.ASCII)
-_UNIT_MS = {"ms": Decimal(1), "s": Decimal(1000), "m": Decimal(60_000), "h": Decimal(3_600_000)}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Go-style duration: ``500ms``, ``4s``, ``1.5m``, ``1h30m``; ``0`` alone."""
-    s = text.strip()
-    if not s:
-        raise ValueError("empty")
-    if s.startswith("-"):
-        raise ValueError("negative")
-    if s == "0":
-        return 0.0
-    total, pos = Decimal(0), 0
-    while pos < len(s):
-        part = _DURATION_PART.match(s, pos)
-        if part is None:
-            if _NUMBER.fullmatch(s, pos):
-                raise ValueError("missing unit (ms, s, m or h)")
-            raise ValueError("not a duration")
-        total += Decimal(part[1]) * _UNIT_MS[part[2]]
-        pos = part.end()
-    return float(total / 1000)
-
-
-# -- value kinds: a parser and the text saying what it accepts --------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Kind:
-    parse: Callable[[str], Any]  # raises ValueError(reason); a secret's reason never holds it
-    accepted: str
-    secret: bool = False  # the value is shown as <hidden> in errors
-    strip: bool = True  # environment values are stripped of surrounding whitespace
-
-
-def _kind(
-    accepted: str, *, secret: bool = False, strip: bool = True
-) -> Callable[[Callable[[str], Any]], _Kind]:
-    """Make the decorated parser a _Kind."""
-    return lambda parse: _Kind(parse, accepted, secret, strip)
-
-
-def _integer(low: int, high: int) -> _Kind:
-    @_kind(f"{low} to {high}")
-    def kind(text: str) -> int:
-        if not re.fullmatch(r"[+-]?[0-9]+", text):
-            raise ValueError("not an integer")
-        if not low <= int(text) <= high:
-            raise ValueError("out of range")
-        return int(text)
-
-    return kind
-
-
-def _number(accepted: str, ok: Callable[[float], bool]) -> _Kind:
-    @_kind(accepted)
-    def kind(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError("not a number") from None
-        if not math.isfinite(value) or not ok(value):
-            raise ValueError("out of range")
-        return value
-
-    return kind
-
-
-def _duration(low: str, high: str | None = None) -> _Kind:
-    low_s, high_s = parse_duration(low), parse_duration(high or "0") or math.inf
-    bounds = f"at least {low}" if high is None else f"{low} to {high}"
-
-    @_kind(f"a duration such as 500ms, 4s, 1m30s or 1.5h, {bounds}")
-    def kind(text: str) -> float:
-        if not low_s <= (value := parse_duration(text)) <= high_s:
-            raise ValueError("out of range")
-        return value
-
-    return kind
-
-
-def _choice(*options: str) -> _Kind:
-    @_kind(", ".join(options))
-    def kind(text: str) -> str:
-        if text.lower() not in options:
-            raise ValueError("not one of the choices")
-        return text.lower()
-
-    return kind
-
-
-@_kind("on/off, yes/no, true/false or 1/0")
-def _boolean(text: str) -> bool:
-    if text.lower() not in ("on", "yes", "true", "1", "off", "no", "false", "0"):
-        raise ValueError("not a boolean")
-    return text.lower() in ("on", "yes", "true", "1")
-
-
-_text = _Kind(str, "any text")
-
-
-@_kind(
-    "a Twisted server endpoint of type tcp, tcp6, ssl, unix or systemd, "
-    "such as tcp:8080:interface=127.0.0.1 or systemd:domain=INET:name=quoted-wss"
-)
-def _endpoint(text: str) -> str:
-    kind, sep, rest = text.partition(":")
-    if kind not in ("tcp", "tcp6", "ssl", "unix", "systemd") or not sep or not rest:
-        raise ValueError("not a server endpoint")
-    port = rest.split(":", 1)[0]
-    positional_port = kind in ("tcp", "tcp6", "ssl") and "=" not in port
-    if positional_port and (not port.isdigit() or int(port) > 65535):
-        raise ValueError("bad port")
-    return text
-
-
-def _split_url(text: str, schemes: tuple[str, ...]) -> SplitResult:
-    """Check a URL's scheme, host and port; never pass urllib's messages on (they quote it)."""
-    try:
-        parts = urlsplit(text)
-        _ = parts.port
-    except ValueError:
-        raise ValueError("not a URL") from None
-    if parts.scheme not in schemes:
-        raise ValueError("wrong scheme")
-    if not parts.hostname:
-        raise ValueError("no host")
-    return parts
-
-
-@_kind("comma-separated origins such as https://app.example.com or https://host:8443, or *")
-def _origins(text: str) -> tuple[str, ...]:
-    origins: list[str] = []
-    for origin in filter(None, (part.strip().lower() for part in text.split(","))):
-        if origin != "*":
-            try:
-                parts = _split_url(origin, ("http", "https"))
-            except ValueError as exc:
-                raise ValueError(f"{origin!r} is not an origin: {exc}") from None
-            if "@" in origin or origin != f"{parts.scheme}://{parts.netloc}":
-                raise ValueError(f"{origin!r} is not an origin: more than scheme://host[:port]")
-        if origin not in origins:
-            origins.append(origin)
-    return tuple(origins)
-
-
-@_kind("comma-separated IP addresses or CIDRs such as 10.0.0.0/8")
-def _networks(text: str) -> tuple[Network, ...]:
-    networks: list[Network] = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ValueError(f"{item!r} is not an IP address or CIDR") from None
-    return tuple(networks)
-
-
-def _check_file(path: str) -> None:
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise ValueError("no such file") from None
-    except OSError as exc:
-        raise ValueError(f"cannot stat: {exc.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise ValueError("not a regular file")
-
-
-@_kind("empty, or the path of an existing regular file")
-def _file(text: str) -> str:
-    if text:
-        _check_file(text)
-    return text
-
-
-@_kind(
-    f"empty, or a readable file holding a secret of at least {MIN_SECRET_BYTES} bytes "
-    "(trailing newlines are stripped)"
-)
-def _secret_file(text: str) -> bytes | None:
-    if not text:
-        return None
-    _check_file(text)
-    try:
-        with open(text, "rb") as handle:
-            secret = handle.read().rstrip(b"\r\n")
-    except OSError as exc:
-        raise ValueError(f"cannot read: {exc.strerror}") from None
-    if len(secret) < MIN_SECRET_BYTES:
-        raise ValueError("the secret in it is too short")
-    return secret
-
-
-@_kind(f"a secret of at least {MIN_SECRET_BYTES} bytes", secret=True, strip=False)
-def _raw_secret(text: str) -> bytes:
-    if len(secret := text.encode()) < MIN_SECRET_BYTES:
-        raise ValueError("too short")
-    return secret
-
-
-@_kind("empty, or an http:// or https:// URL", secret=True)
-def _jwks_url(text: str) -> str:
-    if text:
-        _split_url(text, ("http", "https"))
-    return text
-
-
-@_kind("a redis:// or rediss:// URL such as redis://user:password@host:6379/0", secret=True)
-def _redis_url(text: str) -> str:
-    _split_url(text, ("redis", "rediss"))
-    return text
-
-
-@_kind("non-empty text without whitespace, { or }")
-def _prefix(text: str) -> str:
-    if not text or re.search(r"[\s{}]", text):
-        raise ValueError("empty, or holds whitespace or braces")
-    return text
-
-
 # -- the settings table -----------------------------------------------------------------------
 
 
@@ -340,10 +137,10 @@ class _Setting:
     section: str
     key: str
     default: str  # as written in etc/quoted.conf
-    kind: _Kind
+    kind: Kind
     help: str
     aliases: tuple[str, ...] = ()  # the seed's environment variables, read after QUOTED_ ones
-    alias_kind: _Kind | None = None  # how an alias's value is read, when not like the key's
+    alias_kind: Kind | None = None  # how an alias's value is read, when not like the key's
     attr: str = ""  # the dataclass field, when not the key
 
     @property
@@ -356,69 +153,69 @@ class _Setting:
 
 
 _S = _Setting
-_rate = _number("a number >= 0 (0 = off)", lambda v: v >= 0)
+_rate = number("a number >= 0 (0 = off)", lambda v: v >= 0)
 # fmt: off
 _SETTINGS: tuple[_Setting, ...] = (
-    _S("server", "listen", "tcp:8080:interface=127.0.0.1", _endpoint,
+    _S("server", "listen", "tcp:8080:interface=127.0.0.1", endpoint,
        "Twisted server endpoint of the WebSocket, REST and metrics port"),
-    _S("server", "shutdown_timeout", "10s", _duration("0", "10m"),
+    _S("server", "shutdown_timeout", "10s", duration("0", "10m"),
        "how long SIGTERM waits for clients to close"),
-    _S("server", "allowed_origins", "", _origins,
+    _S("server", "allowed_origins", "", origins,
        "browser origins allowed to open WebSockets, or * (empty: the server's own host only)"),
-    _S("server", "trusted_proxies", "", _networks,
+    _S("server", "trusted_proxies", "", networks,
        "reverse proxies whose X-Forwarded-For names the client IP (empty: none)"),
-    _S("auth", "secret_file", "", _secret_file,
+    _S("auth", "secret_file", "", secret_file,
        "file holding the HMAC (HS256) token secret; JWT_SECRET gives the secret itself",
-       aliases=("JWT_SECRET",), alias_kind=_raw_secret, attr="secret"),
-    _S("auth", "public_key_file", "", _file,
+       aliases=("JWT_SECRET",), alias_kind=raw_secret, attr="secret"),
+    _S("auth", "public_key_file", "", file,
        "PEM public key (RSA, ECDSA or Ed25519) that verifies tokens"),
-    _S("auth", "jwks_url", "", _jwks_url,
+    _S("auth", "jwks_url", "", jwks_url,
        "URL of a JSON Web Key Set that verifies tokens (may hold credentials: never shown)"),
-    _S("auth", "issuer", "", _text, "iss every token must carry (empty: not checked)"),
-    _S("auth", "audience", "", _text, "aud every token must include (empty: not checked)"),
-    _S("auth", "leeway", "30s", _duration("0", "10m"),
+    _S("auth", "issuer", "", any_text, "iss every token must carry (empty: not checked)"),
+    _S("auth", "audience", "", any_text, "aud every token must include (empty: not checked)"),
+    _S("auth", "leeway", "30s", duration("0", "10m"),
        "clock skew tolerated on exp, nbf and iat"),
-    _S("feed", "update_interval", "4s", _duration("10ms", "1h"),
+    _S("feed", "update_interval", "4s", duration("10ms", "1h"),
        "price simulator tick", aliases=("PRICE_UPDATE_INTERVAL",)),
-    _S("feed", "oscillation_percent", "1", _number("a number above 0 and below 100",
+    _S("feed", "oscillation_percent", "1", number("a number above 0 and below 100",
                                                    lambda v: 0 < v < 100),
        "each move lands within ± this percent of the base price"),
-    _S("feed", "mode", "subset", _choice("subset", "all"),
+    _S("feed", "mode", "subset", choice("subset", "all"),
        "which symbols move each tick: subset (a random few) or all"),
-    _S("feed", "instruments_file", "", _file,
+    _S("feed", "instruments_file", "", file,
        "CSV of instruments (empty: the built-in ones)"),
-    _S("feed", "synthetic_symbols", "0", _integer(0, 100_000),
+    _S("feed", "synthetic_symbols", "0", integer(0, 100_000),
        "generated instruments added for load tests"),
-    _S("websocket", "max_connections", "10000", _integer(1, 1_000_000),
+    _S("websocket", "max_connections", "10000", integer(1, 1_000_000),
        "open WebSocket connections; beyond it handshakes get 503",
        aliases=("WS_MAX_CONNECTIONS",)),
-    _S("websocket", "max_symbols", "100", _integer(1, 10_000), "symbols per connection"),
-    _S("websocket", "idle_timeout", "30m", _duration("1s"),
+    _S("websocket", "max_symbols", "100", integer(1, 10_000), "symbols per connection"),
+    _S("websocket", "idle_timeout", "30m", duration("1s"),
        "close a connection that sent nothing for this long", aliases=("WS_IDLE_TIMEOUT",)),
-    _S("websocket", "health_check_interval", "30s", _duration("100ms"),
+    _S("websocket", "health_check_interval", "30s", duration("100ms"),
        "ping interval; a pong must arrive before the next ping",
        aliases=("WS_HEALTH_CHECK_INTERVAL",)),
-    _S("websocket", "circuit_breaker_threshold", "5", _integer(1, 100),
+    _S("websocket", "circuit_breaker_threshold", "5", integer(1, 100),
        "stalled writes in a row before a slow client is closed with 4008",
        aliases=("WS_CIRCUIT_BREAKER_THRESHOLD",)),
-    _S("websocket", "compression", "on", _boolean,
+    _S("websocket", "compression", "on", boolean,
        "accept permessage-deflate when a client offers it"),
     _S("websocket", "handshake_rate_per_ip", "20", _rate,
        "WebSocket handshakes per second per client IP, burst twice that (0: off)"),
-    _S("websocket", "user_max_connections", "10", _integer(1, 1_000_000),
+    _S("websocket", "user_max_connections", "10", integer(1, 1_000_000),
        "open connections per token subject; beyond it 429"),
     _S("websocket", "message_rate", "10", _rate,
        "client messages per second per connection, burst twice that (0: off)"),
-    _S("redis", "enabled", "no", _boolean,
+    _S("redis", "enabled", "no", boolean,
        "share one market between instances through Redis"),
-    _S("redis", "url", "redis://127.0.0.1:6379/0", _redis_url,
+    _S("redis", "url", "redis://127.0.0.1:6379/0", redis_url,
        "Redis to use, with user and password if any (never shown)", aliases=("REDIS_URL",)),
-    _S("redis", "prefix", "quoted:", _prefix, "start of every Redis key and channel"),
-    _S("redis", "lease_ttl", "3s", _duration("300ms", "1m"),
+    _S("redis", "prefix", "quoted:", prefix, "start of every Redis key and channel"),
+    _S("redis", "lease_ttl", "3s", duration("300ms", "1m"),
        "lease of the instance that publishes prices; a dead one is replaced within it"),
-    _S("log", "level", "info", _choice("debug", "info", "warn", "error"),
+    _S("log", "level", "info", choice("debug", "info", "warn", "error"),
        "lowest level logged"),
-    _S("log", "format", "text", _choice("text", "json"), "text, or JSON lines"),
+    _S("log", "format", "text", choice("text", "json"), "text, or JSON lines"),
 )
 # fmt: on
 

@@ -11,7 +11,6 @@ closed with 4008.
 from __future__ import annotations
 
 import socket
-import struct
 import zlib
 from dataclasses import dataclass
 from typing import Any, cast
@@ -29,6 +28,13 @@ from zope.interface import implementer
 from quoted.auth import Claims, TokenError, TokenVerifier
 from quoted.config import WebSocketConfig
 from quoted.errors import not_websocket
+from quoted.frames import (
+    DEFLATE_LEVEL,
+    DEFLATE_MEM_LEVEL,
+    DEFLATE_TAIL,
+    DEFLATE_WINDOW_BITS,
+    text_frame,
+)
 from quoted.hub import FanOutHub, Subscription
 from quoted.messages import (
     CODE_RATE_LIMITED,
@@ -53,6 +59,7 @@ from quoted.model import normalize_symbols
 from quoted.pool import ConnectionPool
 from quoted.ratelimit import TokenBucket
 from quoted.store import Entry, QuoteStore
+from quoted.trim import CLASS_DEFAULTS, trim
 
 CLOSE_UNSUPPORTED = 1003
 CLOSE_SLOW_CONSUMER = 4008
@@ -77,95 +84,6 @@ class Accepted:
     entries: tuple[Entry, ...]
     invalid: tuple[str, ...]
     forbidden: tuple[str, ...]
-
-
-def text_frame(payload: bytes, first: int = 0x81) -> bytes:
-    """An unmasked, unfragmented server text frame (RFC 6455 5.2); ``first`` 0xC1 sets
-    RSV1, a compressed message (RFC 7692)."""
-    n = len(payload)
-    if n < 126:
-        return bytes((first, n)) + payload
-    if n < 65536:
-        return struct.pack("!BBH", first, 126, n) + payload
-    return struct.pack("!BBQ", first, 127, n) + payload
-
-
-# permessage-deflate of quotes_patch, our side: zlib level 1 with a 2 KiB window and
-# memLevel 2 keeps about 10 KB per compressed connection (zlib's defaults, which
-# Autobahn uses, take 256 KB: 2.2 GB at 10,000 browser clients) and compresses a
-# 5-symbol message to ~12% in ~11 us (bench/run compress; BENCHMARKS.md). A window
-# smaller than the client allows needs no negotiation: every distance stays within it.
-DEFLATE_LEVEL = 1
-DEFLATE_WINDOW_BITS = 11
-DEFLATE_MEM_LEVEL = 2
-DEFLATE_TAIL = b"\x00\x00\xff\xff"
-
-
-# Autobahn's per-connection copies of the opening handshake, unused once open
-HANDSHAKE_LEFTOVERS = (
-    "http_request_data",
-    "http_headers",
-    "http_response_data",
-    "http_request_params",
-    "http_status_line",
-    "http_request_uri",
-    "http_request_path",
-    "http_request_host",
-    "_wskey",
-    "websocket_protocols",
-    "websocket_extensions",
-    "websocket_origin",
-    "_transport_details",
-    # never used by us: a shared, empty one is on the class (we send no sync or
-    # chopped frames, the only users of the queue; traffic statistics are not read)
-    "send_queue",
-    "trafficStats",
-)
-# per-connection attributes Autobahn sets to these (immutable) values; while an
-# instance holds the same value, the class attribute serves instead
-CLASS_DEFAULTS: dict[str, object] = {
-    name: value
-    for names, value in (
-        (
-            (
-                "wasServingFlashSocketPolicyFile",
-                "wasServerConnectionDropTimeout",
-                "wasOpenHandshakeTimeout",
-                "wasMaxMessagePayloadSizeExceeded",
-                "wasMaxFramePayloadSizeExceeded",
-                "wasCloseHandshakeTimeout",
-                "wasClean",
-                "triggered",
-                "inside_message",
-                "failedByMe",
-                "droppedByMe",
-                "closedByMe",
-            ),
-            False,
-        ),
-        (
-            (
-                "websocket_protocol_in_use",
-                "wasNotCleanReason",
-                "trackedTimings",
-                "remoteCloseReason",
-                "remoteCloseCode",
-                "openHandshakeTimeoutCall",
-                "localCloseReason",
-                "localCloseCode",
-                "current_frame",
-                "closeHandshakeTimeoutCall",
-                "autoPingTimeoutCall",
-                "autoPingPendingSent",
-                "autoPingPendingCall",
-                "autoPingPending",
-                "_perMessageCompress",
-            ),
-            None,
-        ),
-    )
-    for name in names
-}
 
 
 class NoDebugLogger(Logger):
@@ -257,22 +175,7 @@ class QuoteProtocol(WebSocketServerProtocol):
         f.hub.snapshot(self.sub, a.entries, a.invalid, a.forbidden)
         self.accepted = Accepted(a.user, a.claims, (), (), ())  # the snapshot is sent
         self._schedule_expiry()
-        self._trim()
-
-    def _trim(self) -> None:
-        """Drop what Autobahn keeps per connection but no longer needs once open.
-
-        The handshake's request and response, and every attribute still at the value the
-        class holds too (flags, unset timers), go; the instance dict is rebuilt compact.
-        About 2.9 KB less per connection (BENCHMARKS.md, connect).
-        """
-        d = self.__dict__
-        for name in HANDSHAKE_LEFTOVERS:
-            d.pop(name, None)
-        for name, default in CLASS_DEFAULTS.items():
-            if name in d and d[name] is default:
-                del d[name]
-        self.__dict__ = dict(d)
+        trim(self)  # what Autobahn no longer needs per connection
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         f = self.factory

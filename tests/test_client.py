@@ -28,8 +28,8 @@ from twisted.python.failure import Failure
 
 from quoted.auth import mint_token
 from quoted.client import QuoteClient, ServerError
+from quoted.frames import text_frame
 from quoted.patching import PatchError, apply_operations
-from quoted.protocol import text_frame
 from quoted.reconnect import (
     CONNECTING,
     FAILED,

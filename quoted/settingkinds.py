@@ -1,0 +1,246 @@
+"""The kinds of values quoted's settings take: a parser each, and the words saying what
+it accepts (durations, bounded numbers, choices, files, URLs, origins, networks, secrets).
+
+quoted/config.py's settings table names one kind per setting; a parser raises ValueError
+with a reason, which config.py turns into the ``[section] key`` line of its error.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
+
+MIN_SECRET_BYTES = 32
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# -- durations ----------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)", re.ASCII)
+_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+", re.ASCII)
+_UNIT_MS = {"ms": Decimal(1), "s": Decimal(1000), "m": Decimal(60_000), "h": Decimal(3_600_000)}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration: ``500ms``, ``4s``, ``1.5m``, ``1h30m``; ``0`` alone."""
+    s = text.strip()
+    if not s:
+        raise ValueError("empty")
+    if s.startswith("-"):
+        raise ValueError("negative")
+    if s == "0":
+        return 0.0
+    total, pos = Decimal(0), 0
+    while pos < len(s):
+        part = _DURATION_PART.match(s, pos)
+        if part is None:
+            if _NUMBER.fullmatch(s, pos):
+                raise ValueError("missing unit (ms, s, m or h)")
+            raise ValueError("not a duration")
+        total += Decimal(part[1]) * _UNIT_MS[part[2]]
+        pos = part.end()
+    return float(total / 1000)
+
+
+# -- value kinds: a parser and the text saying what it accepts --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    parse: Callable[[str], Any]  # raises ValueError(reason); a secret's reason never holds it
+    accepted: str
+    secret: bool = False  # the value is shown as <hidden> in errors
+    strip: bool = True  # environment values are stripped of surrounding whitespace
+
+
+def value_kind(
+    accepted: str, *, secret: bool = False, strip: bool = True
+) -> Callable[[Callable[[str], Any]], Kind]:
+    """Make the decorated parser a Kind."""
+    return lambda parse: Kind(parse, accepted, secret, strip)
+
+
+def integer(low: int, high: int) -> Kind:
+    @value_kind(f"{low} to {high}")
+    def kind(text: str) -> int:
+        if not re.fullmatch(r"[+-]?[0-9]+", text):
+            raise ValueError("not an integer")
+        if not low <= int(text) <= high:
+            raise ValueError("out of range")
+        return int(text)
+
+    return kind
+
+
+def number(accepted: str, ok: Callable[[float], bool]) -> Kind:
+    @value_kind(accepted)
+    def kind(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("not a number") from None
+        if not math.isfinite(value) or not ok(value):
+            raise ValueError("out of range")
+        return value
+
+    return kind
+
+
+def duration(low: str, high: str | None = None) -> Kind:
+    low_s, high_s = parse_duration(low), parse_duration(high or "0") or math.inf
+    bounds = f"at least {low}" if high is None else f"{low} to {high}"
+
+    @value_kind(f"a duration such as 500ms, 4s, 1m30s or 1.5h, {bounds}")
+    def kind(text: str) -> float:
+        if not low_s <= (value := parse_duration(text)) <= high_s:
+            raise ValueError("out of range")
+        return value
+
+    return kind
+
+
+def choice(*options: str) -> Kind:
+    @value_kind(", ".join(options))
+    def kind(text: str) -> str:
+        if text.lower() not in options:
+            raise ValueError("not one of the choices")
+        return text.lower()
+
+    return kind
+
+
+@value_kind("on/off, yes/no, true/false or 1/0")
+def boolean(text: str) -> bool:
+    if text.lower() not in ("on", "yes", "true", "1", "off", "no", "false", "0"):
+        raise ValueError("not a boolean")
+    return text.lower() in ("on", "yes", "true", "1")
+
+
+any_text = Kind(str, "any text")
+
+
+@value_kind(
+    "a Twisted server endpoint of type tcp, tcp6, ssl, unix or systemd, "
+    "such as tcp:8080:interface=127.0.0.1 or systemd:domain=INET:name=quoted-wss"
+)
+def endpoint(text: str) -> str:
+    kind, sep, rest = text.partition(":")
+    if kind not in ("tcp", "tcp6", "ssl", "unix", "systemd") or not sep or not rest:
+        raise ValueError("not a server endpoint")
+    port = rest.split(":", 1)[0]
+    positional_port = kind in ("tcp", "tcp6", "ssl") and "=" not in port
+    if positional_port and (not port.isdigit() or int(port) > 65535):
+        raise ValueError("bad port")
+    return text
+
+
+def split_url(text: str, schemes: tuple[str, ...]) -> SplitResult:
+    """Check a URL's scheme, host and port; never pass urllib's messages on (they quote it)."""
+    try:
+        parts = urlsplit(text)
+        _ = parts.port
+    except ValueError:
+        raise ValueError("not a URL") from None
+    if parts.scheme not in schemes:
+        raise ValueError("wrong scheme")
+    if not parts.hostname:
+        raise ValueError("no host")
+    return parts
+
+
+@value_kind("comma-separated origins such as https://app.example.com or https://host:8443, or *")
+def origins(text: str) -> tuple[str, ...]:
+    origins: list[str] = []
+    for origin in filter(None, (part.strip().lower() for part in text.split(","))):
+        if origin != "*":
+            try:
+                parts = split_url(origin, ("http", "https"))
+            except ValueError as exc:
+                raise ValueError(f"{origin!r} is not an origin: {exc}") from None
+            if "@" in origin or origin != f"{parts.scheme}://{parts.netloc}":
+                raise ValueError(f"{origin!r} is not an origin: more than scheme://host[:port]")
+        if origin not in origins:
+            origins.append(origin)
+    return tuple(origins)
+
+
+@value_kind("comma-separated IP addresses or CIDRs such as 10.0.0.0/8")
+def networks(text: str) -> tuple[Network, ...]:
+    networks: list[Network] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR") from None
+    return tuple(networks)
+
+
+def check_file(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except OSError as exc:
+        raise ValueError(f"cannot stat: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError("not a regular file")
+
+
+@value_kind("empty, or the path of an existing regular file")
+def file(text: str) -> str:
+    if text:
+        check_file(text)
+    return text
+
+
+@value_kind(
+    f"empty, or a readable file holding a secret of at least {MIN_SECRET_BYTES} bytes "
+    "(trailing newlines are stripped)"
+)
+def secret_file(text: str) -> bytes | None:
+    if not text:
+        return None
+    check_file(text)
+    try:
+        with open(text, "rb") as handle:
+            secret = handle.read().rstrip(b"\r\n")
+    except OSError as exc:
+        raise ValueError(f"cannot read: {exc.strerror}") from None
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError("the secret in it is too short")
+    return secret
+
+
+@value_kind(f"a secret of at least {MIN_SECRET_BYTES} bytes", secret=True, strip=False)
+def raw_secret(text: str) -> bytes:
+    if len(secret := text.encode()) < MIN_SECRET_BYTES:
+        raise ValueError("too short")
+    return secret
+
+
+@value_kind("empty, or an http:// or https:// URL", secret=True)
+def jwks_url(text: str) -> str:
+    if text:
+        split_url(text, ("http", "https"))
+    return text
+
+
+@value_kind("a redis:// or rediss:// URL such as redis://user:password@host:6379/0", secret=True)
+def redis_url(text: str) -> str:
+    split_url(text, ("redis", "rediss"))
+    return text
+
+
+@value_kind("non-empty text without whitespace, { or }")
+def prefix(text: str) -> str:
+    if not text or re.search(r"[\s{}]", text):
+        raise ValueError("empty, or holds whitespace or braces")
+    return text
