@@ -9,6 +9,7 @@ Run by bench/run as ``python bench/baseline_server.py --listen ENDPOINT``.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from twisted.internet import reactor
 from twisted.logger import globalLogBeginner, textFileLogObserver
@@ -31,8 +32,6 @@ def main() -> None:
     ap.add_argument("--listen", required=True)
     args = ap.parse_args()
     QuoteProtocol.send_patch = send_with_autobahn  # type: ignore[method-assign]
-    import sys
-
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     service = build(load_config(None, listen=args.listen), reactor)
     service.startService()

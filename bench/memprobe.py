@@ -7,53 +7,52 @@ objects per connection by type, and the attributes left on one connection.
     .venv/bin/python bench/memprobe.py 3000
 """
 
+from __future__ import annotations
+
 import collections
 import gc
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
+from twisted.python.failure import Failure
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import SECRET, QuotedServer, make_config
-
-N = int(sys.argv[1])
-cfg = make_config(
-    feed={"update_interval": 3600.0},
-    websocket={"handshake_rate_per_ip": 0.0, "user_max_connections": 100000},
-)
-s = QuotedServer(cfg)
+from tests.harness import SECRET, QuotedServer, eventually, make_config, sleep  # noqa: E402
 
 
-def rss():
-    for l in open(f"/proc/{os.getpid()}/status"):
-        if l.startswith("VmRSS"):
-            return int(l.split()[1])
+def rss_kb() -> int:
+    status = Path("/proc/self/status").read_text()
+    line = next(x for x in status.splitlines() if x.startswith("VmRSS"))
+    return int(line.split()[1])
 
 
-def count():
-    c = collections.Counter(type(o).__name__ for o in gc.get_objects())
-    return c
+def objects() -> collections.Counter[str]:
+    return collections.Counter(type(o).__name__ for o in gc.get_objects())
 
 
-async def main():
-    await s.start()
+async def probe(n: int) -> None:
+    server = QuotedServer(
+        make_config(
+            feed={"update_interval": 3600.0},
+            websocket={"handshake_rate_per_ip": 0.0, "user_max_connections": 100000},
+        )
+    )
+    await server.start()
     gc.collect()
-    base = count()
-    r0 = rss()
-    p = subprocess.Popen(
+    base, r0 = objects(), rss_kb()
+    load = subprocess.Popen(
         [
             str(ROOT / ".venv" / "bin" / "quoted-load"),
             "--url",
-            f"ws://127.0.0.1:{s.port}",
+            f"ws://127.0.0.1:{server.port}",
             "--secret",
             SECRET.decode(),
             "--conns",
-            str(N),
+            str(n),
             "--symbols-per-conn",
             "5",
             "--symbols-pool",
@@ -62,37 +61,41 @@ async def main():
             "8s",
             "--source-ips",
             "127.0.0.2-127.0.0.5",
-            "--json",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    from tests.harness import eventually, sleep
-
-    await eventually(lambda: len(s.parts.pool.connections) >= N, timeout=60)
+    await eventually(lambda: len(server.parts.pool.connections) >= n, timeout=60)
     await sleep(1)
     gc.collect()
-    after = count()
-    r1 = rss()
-    print("rss KB", r0, r1, "per conn", (r1 - r0) * 1024 / N)
-    diff = after - base
-    for k, v in diff.most_common(25):
-        print(f"{k:40s} {v / N:6.2f}")
-    conn = next(iter(s.parts.pool.connections))
-    print(len(conn.__dict__), "attrs")
-    sizes = sorted(
+    grown, r1 = objects() - base, rss_kb()
+    print(f"RSS {r0} -> {r1} KB: {(r1 - r0) * 1024 / n:.0f} bytes a connection")
+    for name, count in grown.most_common(25):
+        print(f"{name:40s} {count / n:6.2f}")
+    conn = next(iter(server.parts.pool.connections))
+    print(f"{len(conn.__dict__)} attributes, instance dict {sys.getsizeof(conn.__dict__)} bytes:")
+    for size, key, kind in sorted(
         ((sys.getsizeof(v), k, type(v).__name__) for k, v in conn.__dict__.items()), reverse=True
-    )
-    for x in sizes:
-        print(x)
-    print("dict size", sys.getsizeof(conn.__dict__))
-    p.wait()
-    reactor.stop()
+    ):
+        print(f"  {size:6d} {key} ({kind})")
+    load.wait()
+    await server.stop()
 
 
-from twisted.internet import defer
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
 
-reactor.callWhenRunning(
-    lambda: defer.ensureDeferred(main()).addErrback(lambda f: (f.printTraceback(), reactor.stop()))
-)
-reactor.run()
+    def failed(f: Failure) -> None:
+        f.printTraceback()
+
+    def run() -> None:
+        d = defer.ensureDeferred(probe(n))
+        d.addErrback(failed)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(run)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
