@@ -33,8 +33,8 @@ test: install-test redis
 	$(BIN)/pytest $(ARGS)
 
 lint: install-test
-	$(BIN)/ruff check quoted tests twisted
-	$(BIN)/ruff format --check quoted tests twisted
+	$(BIN)/ruff check quoted tests twisted bench
+	$(BIN)/ruff format --check quoted tests twisted bench
 	$(BIN)/mypy
 
 clean:
