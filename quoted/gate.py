@@ -38,24 +38,13 @@ def query_values(request: Request, name: bytes) -> list[str]:
     return [v.decode("utf-8", "replace") for v in (request.args or {}).get(name, [])]
 
 
-def request_token(request: Request) -> str:
-    """The token of a request: Authorization: Bearer first, else ?token=."""
+def token_of(request: Request) -> str:
+    """The token of a request, Authorization: Bearer first, else ?token=; a 401 HTTPError
+    when there is none or it is malformed."""
     headers = list(request.requestHeaders.getRawHeaders(b"authorization") or [])
     tokens = query_values(request, b"token")
-    return bearer_token(headers, tokens[0] if tokens else None)
-
-
-def verify_request(request: Request, verifier: TokenVerifier) -> Claims:
     try:
-        return verifier.verify(request_token(request))
-    except TokenError as e:
-        raise HTTPError.from_token(e) from None
-
-
-def token_of(request: Request) -> str:
-    """request_token(), refusing with a 401 HTTPError."""
-    try:
-        return request_token(request)
+        return bearer_token(headers, tokens[0] if tokens else None)
     except TokenError as e:
         raise HTTPError.from_token(e) from None
 

@@ -148,7 +148,6 @@ class FanOutHub:
             q = e.latest
             sub.extra.append(q.add_op)
             sub.sent[e] = q.version
-            sub.pending.pop(e, None)
         return new
 
     def unsubscribe(self, sub: Subscription, entries: Sequence[Entry]) -> list[Entry]:

@@ -37,12 +37,17 @@ from quoted.frames import (
 )
 from quoted.hub import FanOutHub, Subscription
 from quoted.messages import (
+    CODE_BAD_REQUEST,
     CODE_RATE_LIMITED,
     CODE_SUBJECT_MISMATCH,
     CODE_TOKEN_EXPIRED,
+    CODE_TOO_MANY_SYMBOLS,
+    CODE_UNKNOWN_TYPE,
     MAX_MESSAGE_BYTES,
     MSG_CONNECTION_TOKEN_EXPIRED,
     MSG_SUBJECT_MISMATCH,
+    MSG_SYMBOLS_REQUIRED,
+    MSG_TOKEN_MISSING,
     TOKEN_ERROR_MESSAGES,
     ClientMessage,
     ProtocolError,
@@ -53,6 +58,8 @@ from quoted.messages import (
     encode_pong,
     encode_subscribed,
     rate_limited_message,
+    too_many_symbols_message,
+    unknown_type_message,
 )
 from quoted.metrics import Metrics
 from quoted.model import normalize_symbols
@@ -236,9 +243,7 @@ class QuoteProtocol(WebSocketServerProtocol):
         elif m.type == "auth":
             self._refresh(m)
         else:
-            raise ProtocolError(
-                "unknown_type", f"unknown message type {m.type[:32]!r}".replace("'", '"'), m.id
-            )
+            raise ProtocolError(CODE_UNKNOWN_TYPE, unknown_type_message(m.type), m.id)
 
     def _change_subscription(self, m: ClientMessage) -> None:
         f = self.factory
@@ -246,7 +251,7 @@ class QuoteProtocol(WebSocketServerProtocol):
         if sub is None:
             return
         if not m.symbols:
-            raise ProtocolError("bad_request", '"symbols" must be a non-empty list', m.id)
+            raise ProtocolError(CODE_BAD_REQUEST, MSG_SYMBOLS_REQUIRED, m.id)
         entries, invalid = f.store.resolve(normalize_symbols(m.symbols))
         forbidden: list[str] = []
         if m.type == "subscribe":
@@ -256,9 +261,7 @@ class QuoteProtocol(WebSocketServerProtocol):
             n = sub.count_with(allowed)
             if n > f.config.max_symbols:
                 raise ProtocolError(
-                    "too_many_symbols",
-                    f"subscription would hold {n} symbols; the limit is {f.config.max_symbols}",
-                    m.id,
+                    CODE_TOO_MANY_SYMBOLS, too_many_symbols_message(n, f.config.max_symbols), m.id
                 )
             f.hub.subscribe(sub, allowed)
         else:
@@ -273,7 +276,7 @@ class QuoteProtocol(WebSocketServerProtocol):
         if self.sub is None:
             return
         if not m.token:
-            raise ProtocolError("bad_request", '"token" is missing', m.id)
+            raise ProtocolError(CODE_BAD_REQUEST, MSG_TOKEN_MISSING, m.id)
         d = self.factory.verifier.verify_deferred(m.token)
         d.addCallbacks(self._refreshed, self._refresh_refused, callbackArgs=(m,), errbackArgs=(m,))
         d.addErrback(self._refresh_failed)
