@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from twisted.internet.task import Clock
 
-from quoted.auth import TokenVerifier
+from quoted.server.auth import TokenVerifier
 
 SECRET = b"bench-secret-that-is-at-least-32-bytes-long"
 

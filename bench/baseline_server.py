@@ -14,9 +14,9 @@ import sys
 from twisted.internet import reactor
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
-from quoted.app import build
-from quoted.config import load_config
-from quoted.protocol import QuoteProtocol, WebSocketProtocol
+from quoted.server.app import build
+from quoted.server.config import load_config
+from quoted.server.protocol import QuoteProtocol, WebSocketProtocol
 
 
 def send_with_autobahn(self: QuoteProtocol, payload: bytes) -> None:

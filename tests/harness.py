@@ -1,6 +1,6 @@
 """A real quoted on the real reactor, and real clients over real sockets.
 
-``QuotedServer`` runs ``quoted.app.build`` in this process on a free port;
+``QuotedServer`` runs ``quoted.server.app.build`` in this process on a free port;
 ``WSClient`` is Autobahn's client keeping every message and the close code;
 ``http`` sends one raw HTTP request and reads the whole answer, so tests see
 exactly the status, headers and body a client would.
@@ -25,9 +25,9 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Protocol
 
-from quoted.app import QuotedService, build
-from quoted.auth import mint_token
-from quoted.config import Config, load_config
+from quoted.server.app import QuotedService, build
+from quoted.server.config import Config, load_config
+from quoted.wire.tokens import mint_token
 
 SECRET = b"test-secret-that-is-at-least-32-bytes-long!"
 

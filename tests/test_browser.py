@@ -15,9 +15,9 @@ from pathlib import Path
 import jsonpatch
 import pytest
 
-from quoted.auth import mint_token
+from quoted.wire.tokens import mint_token
 from tests.harness import SECRET
-from tests.test_process import Daemon, running_daemon
+from tests.server.test_process import Daemon, running_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 BROWSER_DIR = ROOT / "tests" / "browser"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from quoted.config import settings_table
-from quoted.metrics import Metrics
+from quoted.server.config import settings_table
+from quoted.server.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.rst"

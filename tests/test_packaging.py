@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-MODULES = sorted(p.name for p in (REPO / "quoted").glob("*.py"))
+MODULES = sorted(str(p.relative_to(REPO / "quoted")) for p in (REPO / "quoted").rglob("*.py"))
 IGNORE = shutil.ignore_patterns(
     ".venv",
     ".git",
@@ -88,6 +88,8 @@ def test_wheel_holds_the_plugin_and_every_module_and_no_twisted_package_files(
     assert len(MODULES) > 10
     for module in MODULES:
         assert f"quoted/{module}" in names, module
+    # the typed faces and the browser board
+    assert {"quoted/py.typed", "quoted/client/py.typed", "quoted/static/board.js"} <= names
     # these belong to Twisted: a wheel shipping them would overwrite Twisted's own on install
     assert "twisted/__init__.py" not in names
     assert "twisted/plugins/__init__.py" not in names

@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 quoted = ServiceMaker(
     "quoted",
-    "quoted.tap",
+    "quoted.server.tap",
     "Real-time market data over WebSocket (JSON Patch quote streams)",
     "quoted",
 )

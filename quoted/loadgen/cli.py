@@ -1,0 +1,201 @@
+"""quoted-load: open many WebSocket connections to a quoted, check them, measure latency.
+
+    quoted-load --url ws://127.0.0.1:8080 --secret "$JWT_SECRET" --conns 2000 --duration 30s
+
+Connection i subscribes to K symbols of the first P of /v1/instruments ((i*K + j) % P, or a
+seeded sample), keeps its document by applying every quotes_patch (quoted.loadgen.conn) and
+records arrival time minus each update's last_updated, so quoted-load and the server must
+share a clock. --duration counts from when the initial connections have all answered.
+At the end, every document is compared with GET /v1/quotes, symbol by symbol, where
+last_updated is the same in both. With --json the last line of stdout is the summary.
+Exit status: 0 when the run completed (failures are in the numbers), 1 when the server
+could not be reached at the start, 2 on a bad command line. Ctrl-C ends the load early
+and still checks and reports; a second Ctrl-C kills the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import re
+import resource
+import signal
+import sys
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet import defer, task
+
+from quoted.loadgen.run import Options, Runner, Unreachable, run
+
+__all__ = ["Options", "Unreachable", "build_parser", "main", "parse_args", "run"]
+
+MAX_SOURCE_IPS = 4096
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    m = _DURATION.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a duration (60s, 500ms, 2m): {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_source_ips(text: str) -> tuple[str, ...]:
+    """'127.0.0.2-127.0.0.9' or '10.0.0.1,10.0.0.2' (each entry may be a range)."""
+    out: list[str] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            first, _, last = part.partition("-")
+            lo = ipaddress.ip_address(first.strip())
+            hi = ipaddress.ip_address(last.strip()) if last else lo
+            if hi.version != lo.version or int(hi) < int(lo):
+                raise ValueError(f"bad range {part!r}")
+            if len(out) + int(hi) - int(lo) + 1 > MAX_SOURCE_IPS:
+                raise ValueError(f"more than {MAX_SOURCE_IPS} addresses")
+            out += [str(ipaddress.ip_address(n)) for n in range(int(lo), int(hi) + 1)]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return tuple(out)
+
+
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {n}")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="quoted-load", description="Load generator and conformance check for quoted."
+    )
+    a = p.add_argument
+    a("--url", default="ws://127.0.0.1:8080", help="ws://host:port of the server")
+    auth = p.add_mutually_exclusive_group(required=True)
+    auth.add_argument("--secret", help="HS256 secret: mint a token per connection (sub load-N)")
+    auth.add_argument("--token", help="one token for every connection")
+    a("--conns", type=_positive_int, default=100, help="normal connections (default 100)")
+    a("--symbols-per-conn", type=_positive_int, default=5, help="K symbols per connection")
+    a("--symbols-pool", type=_positive_int, default=50, help="the first P instruments")
+    a("--duration", type=parse_duration, default=30.0, help="60s, 500ms, 2m (default 30s)")
+    a("--rate", type=float, default=0.0, help="handshakes per second (0: as fast as possible)")
+    a("--source-ips", type=parse_source_ips, default=(), help="127.0.0.2-127.0.0.9 or a,b,c")
+    a("--slow", type=_count, default=0, help="extra connections that stop reading")
+    a("--churn", type=_count, default=0, help="connections closed and reopened per second")
+    a("--compress", action="store_true", help="offer permessage-deflate")
+    a("--json", action="store_true", help="the last line of stdout is a JSON summary")
+    a("--settle", type=parse_duration, default=1.0, help="wait before the final check (1s)")
+    a("--seed", type=int, default=None, help="pick symbols by a seeded random sample")
+    a("--timeout", type=parse_duration, default=10.0, help="handshake/REST timeout (10s)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    """The command line as Options; a bad one exits 2 (argparse)."""
+    p = build_parser()
+    ns = p.parse_args(argv)
+    u = urlsplit(ns.url)
+    if u.scheme != "ws":
+        p.error(f"--url: the scheme must be ws:// (wss is not supported), got {ns.url!r}")
+    try:
+        host, port = u.hostname, u.port or 80
+    except ValueError as e:
+        p.error(f"--url: {e}")
+    if not host or u.path.rstrip("/") not in ("", "/ws/quotes") or u.query:
+        p.error(f"--url: want ws://host:port, got {ns.url!r}")
+    if ns.rate < 0 or ns.duration <= 0 or ns.timeout <= 0:
+        p.error("--rate must not be negative; --duration and --timeout must be above 0")
+    if ns.symbols_per_conn > ns.symbols_pool:
+        p.error("--symbols-per-conn must not exceed --symbols-pool")
+    if ns.churn > ns.conns:
+        p.error("--churn must not exceed --conns")
+    return Options(
+        url=ns.url,
+        host=host,
+        port=port,
+        secret=ns.secret or "",
+        token=ns.token or "",
+        conns=ns.conns,
+        symbols_per_conn=ns.symbols_per_conn,
+        symbols_pool=ns.symbols_pool,
+        duration=ns.duration,
+        rate=ns.rate,
+        source_ips=ns.source_ips,
+        slow=ns.slow,
+        churn=ns.churn,
+        compress=ns.compress,
+        json=ns.json,
+        settle=ns.settle,
+        seed=ns.seed,
+        timeout=ns.timeout,
+    )
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lat, con = s["latency_ms"], s["connect_ms"]
+    return "\n".join(
+        [
+            f"connections  connected {s['connected']}  failed {s['failed']}"
+            + (f" {s['failed_by']}" if s["failed_by"] else ""),
+            f"connect      p50 {con['p50']}ms  p99 {con['p99']}ms",
+            f"received     {s['messages']} messages  {s['updates']} updates  {s['bytes']} bytes"
+            f" in {s['duration_s']}s",
+            f"latency      p50 {lat['p50']}ms  p95 {lat['p95']}ms  p99 {lat['p99']}ms"
+            f"  max {lat['max']}ms",
+            f"check        {s['verified']} verified  {s['mismatches']} mismatches"
+            f"  {s['inconclusive']} inconclusive",
+            f"errors       seq gaps {s['seq_gaps']}  patch mismatches {s['patch_mismatches']}"
+            f"  patch errors {s['patch_errors']}  stale updates {s['stale_updates']}"
+            f"  protocol errors {s['protocol_errors']}",
+            f"server closes {s['closed'] or 'none'}",
+            f"slow         opened {s['slow']['opened']}  closed {s['slow']['closed']}"
+            f" {s['slow']['codes'] or ''}",
+            f"churn        opened {s['churn']['opened']}  closed {s['churn']['closed']}",
+            f"own CPU      {s['cpu_s']}s over {s['elapsed_s']}s",
+        ]
+    )
+
+
+async def _main(reactor: Any, opts: Options) -> None:
+    runner = Runner(opts, reactor, sys.stderr)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C kills
+        reactor.callFromThread(runner.interrupt)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        summary = await runner.run()
+    except Unreachable as e:
+        print(f"quoted-load: server unreachable: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if opts.json:
+        print(json.dumps(summary, separators=(",", ":")))
+    else:
+        print(format_summary(summary))
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script."""
+    opts = parse_args(argv)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        from twisted.internet import epollreactor  # noqa: PLC0415 (Linux only; install before use)
+
+        epollreactor.install()
+    except Exception:  # not Linux, or a reactor is already installed
+        pass
+    task.react(lambda reactor: defer.ensureDeferred(_main(reactor, opts)))

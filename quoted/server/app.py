@@ -1,0 +1,152 @@
+"""Wiring: one function builds quoted from its configuration.
+
+``build`` is the only place that knows every part. It takes the reactor as a
+parameter (only the plugin's makeService imports the global one), so tests
+build the same service on the real reactor or a fake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+
+from quoted.server.auth import TokenVerifier
+from quoted.server.collector import GarbageCollector
+from quoted.server.config import Config
+from quoted.server.feeds.simulator import OscillatorService
+from quoted.server.gate import Gate
+from quoted.server.hub import FanOutHub
+from quoted.server.instruments import load_instruments
+from quoted.server.jwks import KeySetService
+from quoted.server.metrics import Metrics
+from quoted.server.pool import ConnectionPool
+from quoted.server.protocol import QuoteFactory
+from quoted.server.ratelimit import IPRateLimiter
+from quoted.server.store import Entry, QuoteStore
+from quoted.server.web import Router, make_site
+
+if TYPE_CHECKING:
+    from quoted.server.cluster.bridge import RedisBridge
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """The built parts, for tests and the plugin."""
+
+    store: QuoteStore
+    hub: FanOutHub
+    pool: ConnectionPool
+    verifier: TokenVerifier
+    metrics: Metrics
+    oscillator: OscillatorService
+    factory: QuoteFactory
+    bridge: RedisBridge | None = None
+
+
+class QuotedService(MultiService):
+    """Starts every part; on stop, drains the clients first, then stops the parts."""
+
+    log = Logger()
+
+    def __init__(self, parts: Parts, shutdown_timeout: float) -> None:
+        super().__init__()
+        self.parts = parts
+        self.shutdown_timeout = shutdown_timeout
+
+    def stopService(self) -> Deferred[None]:
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        await self.parts.pool.drain(self.shutdown_timeout)
+        await super().stopService()
+        self.log.info("quoted stopped", log_id="quoted.app.stopped")
+
+
+# the kernel queue of accepted-but-not-yet-served connections; Twisted's 50
+# drops SYNs when thousands of clients reconnect at once (a restart, a failover)
+LISTEN_BACKLOG = 1024
+
+
+def with_backlog(listen: str) -> str:
+    """A tcp/ssl endpoint string with a backlog of LISTEN_BACKLOG unless it names one."""
+    kind = listen.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in listen:
+        return f"{listen}:backlog={LISTEN_BACKLOG}"
+    return listen
+
+
+def build(config: Config, reactor: Any, *, secret: bytes | None = None) -> QuotedService:
+    """Every part of quoted as one service, on ``reactor`` (IReactorTime, IReactorTCP...).
+
+    ``secret`` overrides the configured HMAC secret (development mode passes a random one).
+    """
+    metrics = Metrics(CollectorRegistry())
+    instruments = load_instruments(config.feed.instruments_file, config.feed.synthetic_symbols)
+    store = QuoteStore(instruments, int(reactor.seconds() * 1000))
+    keyset = KeySetService(reactor, config.auth.jwks_url) if config.auth.jwks_url else None
+    verifier = TokenVerifier.from_config(config.auth, reactor, secret, keyset)
+    ws = config.websocket
+    collector = GarbageCollector(reactor, metrics)
+    hub = FanOutHub(reactor, metrics, ws.circuit_breaker_threshold, collector)
+    pool = ConnectionPool(reactor, ws)
+    bridge: RedisBridge | None = None
+    if config.redis.enabled:
+        # imported here: txredisapi imports the global reactor, which must not happen before
+        # twistd installs its own
+        from quoted.server.cluster.bridge import RedisBridge  # noqa: PLC0415
+
+        # peers share one price source: the oscillator ticks only on the lease holder
+        bridge = RedisBridge(reactor, config.redis, store, hub, metrics)
+        hub.on_first = bridge.follow
+        hub.on_last = bridge.unfollow
+
+    def active() -> list[Entry]:
+        return hub.active() if bridge is None else bridge.movable()
+
+    def on_tick(moved: int, skipped: int) -> None:
+        if moved:
+            metrics.ticks.inc()
+            metrics.symbol_updates.inc(moved)
+        if skipped:
+            metrics.ticks_skipped.inc(skipped)
+
+    oscillator = OscillatorService(
+        reactor,
+        config.feed.update_interval,
+        config.feed.oscillation_percent,
+        config.feed.mode,
+        active,
+        hub.publish,
+        on_tick=on_tick,
+        emit=None if bridge is None else bridge.emit,
+    )
+    factory = QuoteFactory(reactor, ws, store, hub, pool, verifier, metrics)
+    limiter = IPRateLimiter(reactor, ws.handshake_rate_per_ip)
+    gate = Gate(factory, config.server, ws, store, pool, verifier, limiter, metrics)
+    router = Router(gate, store, pool, verifier, metrics)
+    site = make_site(router, reactor)
+    if bridge is None:
+        metrics.broker_up.set(1)
+        metrics.feed_leader.set(1)
+    else:
+        router.broker_readiness = bridge.readiness
+
+    parts = Parts(store, hub, pool, verifier, metrics, oscillator, factory, bridge)
+    service = QuotedService(parts, config.server.shutdown_timeout)
+    if keyset is not None:  # first: it starts fetching before the listener opens
+        keyset.setServiceParent(service)
+    if bridge is not None:  # started first; stopped after the drain (QuotedService._stop)
+        bridge.setServiceParent(service)
+    collector.setServiceParent(service)
+    pool.setServiceParent(service)
+    oscillator.setServiceParent(service)
+    listener = strports.service(with_backlog(config.server.listen), site, reactor=reactor)
+    listener.setName("listener")
+    listener.setServiceParent(service)
+    return service

@@ -1,0 +1,4 @@
+"""The optional Redis scale-out: several processes serving one market. The only place txredisapi
+is imported; nothing else of quoted imports this package except the wiring in ``app``, and only
+when ``[redis] enabled`` is set.
+"""

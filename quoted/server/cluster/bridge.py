@@ -1,0 +1,501 @@
+"""Peers kept in step through Redis: one price source, the same quotes on every process.
+
+:class:`RedisBridge` is an IService on the injected reactor with two txredisapi connections
+(commands and Pub/Sub), each reconnected by txredisapi with backoff (100 ms doubling to 5 s,
+with jitter). What it does (quoted.server.cluster.lease holds the keys, scripts and codec):
+
+- **Lease.** quoted.server.cluster.lease.FeedLease, renewed or tried every ``lease_ttl / 3``.
+  The simulator moves prices only while this process leads (:meth:`movable`): every symbol
+  a peer uses.
+- **Publish.** A tick (:meth:`emit`) is one EVALSHA that checks the lease still holds this
+  process's token, then writes ``fence ms price`` to the quotes hash and publishes it on the
+  symbol's channel. The leader applies the tick once the script said yes; the others apply what
+  arrives on the channels. Both go through :meth:`apply`: newer (fence, ms) only, with
+  ``Entry.set``, so every process builds the same bytes, and one ``hub.publish`` per batch.
+- **Follow.** The hub calls :meth:`follow` when a symbol gets its first local subscriber: the
+  bridge SUBSCRIBEs to its channel, then reads it with HMGET and applies it if newer. Every
+  second it UNSUBSCRIBEs, in one command, the symbols nobody here uses any more and scores this
+  process's symbols in the interest ZSET 5 s ahead; every 2 s it re-reads the followed symbols
+  (HMGET, 500 a batch) to make good a message lost in a reconnection.
+- **Outage.** A lost connection or a reply later than 1 s (PING every 500 ms) marks Redis down:
+  ``quoted_broker_up`` 0, ``/readyz`` 200 degraded, nobody leads, no client is dropped. The
+  process that led when Redis went away keeps ticking its own clients' symbols locally; the
+  others serve what they have. When both connections are back it forgets what it applied,
+  subscribes again, applies the whole hash (HGETALL), and only then reports up; a new leader
+  publishes its current quote for every used symbol the hash lacks (all, after a restart
+  without persistence), and every client converges through ordinary updates.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import txredisapi
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from quoted.server.cluster.lease import (
+    PUBLISH,
+    CommandFactory,
+    FeedLease,
+    Keys,
+    Shared,
+    Stamp,
+    SubscriberFactory,
+    encode,
+    endpoint,
+    parse_shared,
+    parse_url,
+    root_failure,
+)
+from quoted.server.config import RedisConfig
+from quoted.server.hub import FanOutHub
+from quoted.server.metrics import Metrics
+from quoted.server.store import Entry, Quote, QuoteStore, round2
+
+__all__ = ["RedisBridge"]
+
+PING_EVERY = 0.5
+UPKEEP_EVERY = 1.0
+INTEREST_TTL_MS = 5000
+REPAIR_EVERY = 2.0
+BATCH = 500
+
+Move = tuple[Entry, float]
+Read = tuple[list[tuple[Entry, Shared]], list[Entry]]  # present, missing
+
+
+class RedisBridge(Service):
+    """The lease, the fenced publish and the following of used symbols (module docstring)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        config: RedisConfig,
+        store: QuoteStore,
+        hub: FanOutHub,
+        metrics: Metrics,
+        *,
+        token: str | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._target = parse_url(config.url)
+        self._keys = Keys.of(config.prefix)
+        self._ttl = config.lease_ttl
+        token = token if token is not None else secrets.token_hex(16)
+        self._lease = FeedLease(self._seconds, self._ttl, self._keys, token, self._new_leader)
+        self._store = store
+        self._hub = hub
+        self._metrics = metrics
+        self._cmd_factory: CommandFactory | None = None
+        self._sub_factory: SubscriberFactory | None = None
+        self._cmd: Any = None  # the usable command connection (txredisapi protocol)
+        self._sub: Any = None  # the usable Pub/Sub connection
+        self.up = False
+        self.reached = False  # Redis answered and the hash was applied at least once
+        self._resyncing = False
+        self._local_feed = False  # led when Redis went away: ticks locally until it returns
+        self._union: list[Entry] = []
+        self._used: set[Entry] = set()  # entries with local subscribers (the hub's hooks)
+        self._followed: set[Entry] = set()  # entries whose channel is subscribed
+        self._to_follow: set[Entry] = set()
+        self._applied: dict[Entry, Stamp] = {}
+        self._inbox: list[tuple[Entry, Shared]] = []
+        self._calls: dict[str, IDelayedCall] = {}
+        self._loops: list[LoopingCall] = []
+        self._last_repair = 0.0
+        metrics.broker_up.set(0)
+        metrics.feed_leader.set_function(lambda: 1.0 if self.leading() else 0.0)
+
+    # -- what the rest of quoted calls ------------------------------------------------------------
+
+    def leading(self) -> bool:
+        """Whether this process holds the feed lease now (counted from its last renewal)."""
+        return self.up and self._lease.leading()
+
+    @property
+    def fence(self) -> int:
+        """The fencing number of this process's latest lease (0 before any)."""
+        return self._lease.fence
+
+    def movable(self) -> list[Entry]:
+        """The entries the oscillator may move now: every used one while leading, this
+        process's own while it ticks locally through an outage, none otherwise."""
+        if self.leading():
+            return list(dict.fromkeys([*self._union, *self._hub.active()]))
+        if not self.up and self._local_feed:
+            return self._hub.active()
+        return []
+
+    def emit(self, moves: Sequence[Move], at_ms: int) -> int:
+        """One tick's new prices from the oscillator; returns how many quotes it moves."""
+        if not self.up:
+            return self._apply_local(moves, at_ms) if self._local_feed else 0
+        if not self.leading():
+            return 0
+        return self._publish(moves, at_ms)
+
+    def follow(self, entry: Entry) -> None:
+        """The hub's hook: the entry got its first local subscriber."""
+        self._used.add(entry)
+        if entry not in self._followed and self.up:
+            self._to_follow.add(entry)
+            self._soon("follow", self._follow_pending)
+
+    def unfollow(self, entry: Entry) -> None:
+        """The hub's hook: the entry lost its last local subscriber (the sweep unsubscribes)."""
+        self._used.discard(entry)
+        self._to_follow.discard(entry)
+
+    def readiness(self) -> tuple[int, dict[str, str]] | None:
+        """/readyz's answer while Redis is not up, or None when it is."""
+        if not self.reached:
+            return 503, {"status": "starting", "reason": "redis not reached yet"}
+        if not self.up:
+            return 200, {"status": "degraded", "reason": "redis unreachable: serving local prices"}
+        return None
+
+    def apply(self, batch: Iterable[tuple[Entry, Shared]]) -> list[Quote]:
+        """Apply each shared quote newer than the last applied for its entry; publish the new
+        quotes to the hub as one batch and return them."""
+        quotes: list[Quote] = []
+        applied = self._applied
+        for e, s in batch:
+            prev = applied.get(e)
+            if prev is not None and s.stamp <= prev:
+                continue
+            applied[e] = s.stamp
+            q = e.set(s.price, s.stamp.ms)
+            if q is not None:
+                quotes.append(q)
+        if quotes:
+            self._hub.publish(quotes)
+        return quotes
+
+    # -- service ------------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._cmd_factory = CommandFactory(self, self._target)
+        self._sub_factory = SubscriberFactory(self, self._target)
+        for f in (self._cmd_factory, self._sub_factory):
+            f.deferred.addErrback(self._connect_error)
+            f.startConnecting(endpoint(self._reactor, self._target))
+        for every, fn in (
+            (self._ttl / 3, self._lease_tick),
+            (UPKEEP_EVERY, self._upkeep),
+            (PING_EVERY, self._ping),
+        ):
+            loop = LoopingCall(fn)
+            loop.clock = self._reactor
+            self._loops.append(loop)
+            loop.start(every, now=False).addErrback(self._crashed)
+        self.log.info(
+            "redis bridge started: {host}:{port}, prefix {prefix}",
+            host=self._target.host,
+            port=self._target.port,
+            prefix=self._keys.channel[: -len("sym:")],
+            log_id="quoted.redis.started",
+        )
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        for call in self._calls.values():
+            if call.active():
+                call.cancel()
+        self._calls.clear()
+        if self._lease.held and self._cmd is not None:
+            try:  # hand the lease over now rather than after its TTL
+                await self._lease.release(self._eval)
+            except Exception as e:
+                self.log.warn("could not release the feed lease: {error}", error=str(e))
+        self._lease.held = False
+        factories = [f for f in (self._cmd_factory, self._sub_factory) if f is not None]
+        await defer.gatherResults([f.disconnect() for f in factories], consumeErrors=True)
+        self.up = False
+        self._metrics.broker_up.set(0)
+
+    def _crashed(self, failure: Failure) -> None:
+        self.log.failure("a redis bridge loop stopped by an error", failure)
+
+    def _connect_error(self, failure: Failure) -> None:
+        self.log.error("redis refused the connection: {error}", error=failure.getErrorMessage())
+
+    def _seconds(self) -> float:
+        return float(self._reactor.seconds())
+
+    def _soon(self, name: str, fn: Callable[[], None]) -> None:
+        call = self._calls.get(name)
+        if call is None or not call.active():
+            self._calls[name] = self._reactor.callLater(0, fn)
+
+    # -- connection state -------------------------------------------------------------------------
+
+    def _connected(self, factory: CommandFactory, conn: Any) -> None:
+        if not self.running:
+            return
+        if factory is self._sub_factory:
+            self._sub = conn
+        else:
+            self._cmd = conn
+        self._resync()
+
+    def _disconnected(self, factory: CommandFactory, conn: Any) -> None:
+        if factory is self._sub_factory and self._sub is conn:
+            self._sub = None
+            self._followed.clear()
+        elif factory is self._cmd_factory and self._cmd is conn:
+            self._cmd = None
+        else:
+            return
+        if self.up and not self.running:  # stopping: not an outage
+            self.up = False
+        elif self.up:
+            self._local_feed = self.leading()
+            self.up = False
+            self._lease.held = False
+            self._metrics.broker_up.set(0)
+            self.log.warn(
+                "redis unreachable: serving {what} until it returns",
+                what="local prices" if self._local_feed else "the last prices",
+                log_id="quoted.redis.down",
+            )
+
+    def _resync(self) -> None:
+        """Both connections usable: subscribe again, apply the whole hash, then report up."""
+        if self.up or self._resyncing or self._cmd is None or self._sub is None:
+            return
+        self._resyncing = True
+        self._applied.clear()
+        self._followed = set(self._used)
+        d = self._subscribe(self._followed)
+        d.addCallback(lambda _: self._call("HGETALL", self._keys.quotes))
+        d.addCallback(self._loaded)
+        d.addErrback(self._failed, "resynchronise")
+        d.addBoth(self._resynced)
+
+    def _loaded(self, flat: list[str]) -> None:
+        batch = list(parse_shared(self._store.lookup, flat[0::2], flat[1::2]))
+        self.apply(batch)
+        was_reached, self.reached = self.reached, True
+        self.up = True
+        self._local_feed = False
+        self._metrics.broker_up.set(1)
+        self.log.info(
+            "redis {what}: {n} shared quotes applied, following {f} symbols",
+            what="up again" if was_reached else "reached",
+            n=len(batch),
+            f=len(self._followed),
+            log_id="quoted.redis.up",
+        )
+        self._lease_tick()
+        self._add_interest()
+
+    def _resynced(self, _: object) -> None:
+        self._resyncing = False
+
+    def _ping(self) -> None:
+        if self._cmd is not None:  # a reply later than REPLY_TIMEOUT drops the connection
+            self._call("PING").addErrback(self._failed, "ping")
+
+    # -- commands -------------------------------------------------------------------------------
+
+    def _call(self, *args: object) -> Deferred[Any]:
+        if self._cmd is None:
+            return defer.fail(txredisapi.ConnectionError("redis is not connected"))
+        return defer.maybeDeferred(self._cmd.execute_command, *args)
+
+    def _eval(self, script: str, keys: list[str], args: list[object]) -> Deferred[Any]:
+        if self._cmd is None:
+            return defer.fail(txredisapi.ConnectionError("redis is not connected"))
+        return defer.maybeDeferred(self._cmd.eval, script, keys, args)
+
+    def _subscribe(self, entries: Iterable[Entry]) -> Deferred[Any]:
+        chans = [self._keys.channel + e.symbol for e in entries]
+        sub = self._sub
+        if not chans:
+            return defer.succeed(None)
+        if sub is None:
+            return defer.fail(txredisapi.ConnectionError("redis is not connected"))
+        return defer.maybeDeferred(sub.subscribe, chans)
+
+    def _failed(self, failure: Failure, what: str) -> None:
+        f = root_failure(failure)
+        if f.check(txredisapi.ConnectionError):  # the connection's loss sets the state
+            self.log.debug("redis {what}: {error}", what=what, error=f.getErrorMessage())
+            return
+        self.log.failure("redis {what} failed", f, what=what, log_id="quoted.redis.error")
+
+    def _read(self, entries: Sequence[Entry]) -> Deferred[Read]:
+        """HMGET the entries' shared quotes, BATCH a command: (present, missing)."""
+        chunks = [entries[i : i + BATCH] for i in range(0, len(entries), BATCH)]
+        ds = [self._call("HMGET", self._keys.quotes, *[e.symbol for e in c]) for c in chunks]
+
+        def split(replies: list[list[str | None]]) -> Read:
+            es = [e for c in chunks for e in c]
+            vs = [v for r in replies for v in r]
+            missing = [e for e, v in zip(es, vs, strict=True) if v is None]
+            return list(parse_shared(self._store.lookup, [e.symbol for e in es], vs)), missing
+
+        return defer.gatherResults(ds, consumeErrors=True).addCallback(split)
+
+    # -- the lease ------------------------------------------------------------------------------
+
+    def _lease_tick(self) -> None:
+        if self.up:
+            self._lease.tick(self._eval, self._failed)
+
+    def _new_leader(self) -> None:
+        d = self._refresh_union()
+        d.addCallback(lambda _: self._seed_missing())
+        d.addErrback(self._failed, "seed")
+
+    def _refresh_union(self) -> Deferred[None]:
+        now_ms = int(self._seconds() * 1000)
+        interest = self._keys.interest
+        trim = self._call("ZREMRANGEBYSCORE", interest, "-inf", f"({now_ms}")
+        trim.addErrback(self._failed, "trim interest")
+        d = self._call("ZRANGEBYSCORE", interest, now_ms, "+inf")
+
+        def got(members: list[str]) -> None:
+            lookup = self._store.lookup
+            self._union = [e for e in map(lookup, members) if e is not None]
+
+        return d.addCallback(got)
+
+    def _seed_missing(self) -> Deferred[None]:
+        """A new leader publishes its current quote of every used symbol the hash lacks."""
+        used = self.movable()
+
+        def seed(result: Read) -> None:
+            missing = result[1]
+            if missing and self.leading():
+                at_ms = int(self._seconds() * 1000)
+                n = self._publish([(e, e.latest.current_price) for e in missing], at_ms)
+                self.log.info("seeded {n} shared quotes", n=n, log_id="quoted.redis.seeded")
+
+        return self._read(used).addCallback(seed)
+
+    # -- publish and apply ----------------------------------------------------------------------
+
+    def _publish(self, moves: Sequence[Move], at_ms: int) -> int:
+        fence = self.fence
+        args: list[object] = [self._lease.token, self._keys.channel]
+        batch: list[tuple[Entry, Shared]] = []
+        stamp = Stamp(fence, at_ms)
+        for e, p in moves:
+            price = round2(p)
+            cur = e.latest
+            if price == cur.current_price and at_ms == cur.last_updated_ms:
+                continue
+            args += (e.symbol, encode(fence, at_ms, price))
+            batch.append((e, Shared(stamp, price)))
+        if not batch:
+            return 0
+        d = self._eval(PUBLISH, [self._keys.lease, self._keys.quotes], args)
+        d.addCallback(self._published, batch)
+        d.addErrback(self._failed, "publish")
+        return len(batch)
+
+    def _published(self, ok: object, batch: list[tuple[Entry, Shared]]) -> None:
+        if int(str(ok)) == 1:
+            self.apply(batch)
+        else:
+            self._lease.lost("the publish script found another token: tick dropped")
+
+    def _apply_local(self, moves: Sequence[Move], at_ms: int) -> int:
+        """Redis is away and this process led: its own prices, forgetting the shared stamps
+        (whatever Redis holds when it returns replaces them)."""
+        quotes: list[Quote] = []
+        for e, p in moves:
+            self._applied.pop(e, None)
+            q = e.set(p, at_ms)
+            if q is not None:
+                quotes.append(q)
+        if quotes:
+            self._hub.publish(quotes)
+        return len(quotes)
+
+    def _message(self, channel: str, payload: str) -> None:
+        prefix = self._keys.channel
+        if not channel.startswith(prefix):
+            return
+        self._inbox.extend(parse_shared(self._store.lookup, [channel[len(prefix) :]], [payload]))
+        self._soon("inbox", self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        batch, self._inbox = self._inbox, []
+        self.apply(batch)
+
+    # -- following ------------------------------------------------------------------------------
+
+    def _follow_pending(self) -> None:
+        entries = [e for e in self._to_follow if e not in self._followed]
+        self._to_follow.clear()
+        if entries and self.up:
+            self._follow(entries)
+
+    def _follow(self, entries: list[Entry]) -> None:
+        """SUBSCRIBE first, then HMGET: a tick published in between is not lost, and the
+        stamps make the newer of the two win."""
+        self._followed.update(entries)
+        d = self._subscribe(entries)
+        d.addCallback(lambda _: self._read(entries))
+        d.addCallback(lambda r: self.apply(r[0]))
+        d.addErrback(self._failed, "follow")
+        self._add_interest(entries)
+
+    def _upkeep(self) -> None:
+        if not self.up:
+            self._resync()
+            return
+        self._sweep()
+        self._add_interest()
+        if self.leading():
+            self._refresh_union().addErrback(self._failed, "read interest")
+        now = self._seconds()
+        if now - self._last_repair >= REPAIR_EVERY:
+            self._last_repair = now
+            d = self._read(sorted(self._followed, key=lambda e: e.index))
+            d.addCallback(lambda r: self.apply(r[0]))
+            d.addErrback(self._failed, "repair")
+
+    def _sweep(self) -> None:
+        """UNSUBSCRIBE, in one command, what nobody here uses; follow what is used but not
+        followed (a follow that failed, or a subscriber that came during an outage)."""
+        drop = self._followed - self._used
+        if drop and self._sub is not None:
+            self._followed -= drop
+            chans = [self._keys.channel + e.symbol for e in drop]
+            d = defer.maybeDeferred(self._sub.unsubscribe, chans)
+            d.addErrback(self._failed, "unsubscribe")
+        todo = [e for e in self._used if e not in self._followed]
+        if todo:
+            self._follow(todo)
+
+    def _add_interest(self, entries: Iterable[Entry] | None = None) -> None:
+        """Score this process's used symbols (or ``entries``) INTEREST_TTL_MS ahead."""
+        symbols = sorted(e.symbol for e in (self._used if entries is None else entries))
+        until = int(self._seconds() * 1000) + INTEREST_TTL_MS
+        for i in range(0, len(symbols), BATCH):
+            args: list[object] = []
+            for s in symbols[i : i + BATCH]:
+                args += (until, s)
+            d = self._call("ZADD", self._keys.interest, "GT", *args)
+            d.addErrback(self._failed, "record interest")

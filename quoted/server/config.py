@@ -1,0 +1,394 @@
+"""Configuration: built-in defaults < INI file < environment < ``--listen``, checked once.
+
+Every setting is one row of ``_SETTINGS``; that table drives the defaults, the file and
+environment lookups, the error lines and :func:`settings_table`. :func:`load_config`
+reads everything, reports every problem at once in a :class:`ConfigError`, and returns a
+frozen :class:`Config`. Secrets (the HMAC secret, the Redis URL, the JWKS URL) are never
+shown in errors or reprs.
+
+``python -m quoted.config [--dev] [--listen ENDPOINT] [PATH]`` checks a file and prints
+``ok`` (exit 0) or the problems (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import difflib
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from quoted.server.settingkinds import (
+    Kind,
+    Network,
+    any_text,
+    boolean,
+    choice,
+    duration,
+    endpoint,
+    file,
+    integer,
+    jwks_url,
+    networks,
+    number,
+    origins,
+    parse_duration,
+    prefix,
+    raw_secret,
+    redis_url,
+    secret_file,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "Config",
+    "ConfigError",
+    "load_config",
+    "parse_duration",
+    "settings_table",
+]
+
+DEFAULT_CONFIG_PATH = "/etc/quoted/quoted.conf"
+ENV_PREFIX = "QUOTED_"
+HIDDEN = "<hidden>"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str
+    shutdown_timeout: float
+    allowed_origins: tuple[str, ...]
+    trusted_proxies: tuple[Network, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    secret: bytes | None = field(repr=False)
+    public_key_file: str
+    jwks_url: str = field(repr=False)
+    issuer: str
+    audience: str
+    leeway: float
+
+
+@dataclass(frozen=True, slots=True)
+class FeedConfig:
+    update_interval: float
+    oscillation_percent: float
+    mode: str
+    instruments_file: str
+    synthetic_symbols: int
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketConfig:
+    max_connections: int
+    max_symbols: int
+    idle_timeout: float
+    health_check_interval: float
+    circuit_breaker_threshold: int
+    compression: bool
+    handshake_rate_per_ip: float
+    user_max_connections: int
+    message_rate: float
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    enabled: bool
+    url: str = field(repr=False)
+    prefix: str
+    lease_ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str
+    format: str
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig
+    auth: AuthConfig
+    feed: FeedConfig
+    websocket: WebSocketConfig
+    redis: RedisConfig
+    log: LogConfig
+    dev: bool
+
+
+class ConfigError(Exception):
+    """The configuration was refused; ``str()`` is one line per problem, secrets hidden."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+# -- the settings table -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    section: str
+    key: str
+    default: str  # as written in etc/quoted.conf
+    kind: Kind
+    help: str
+    aliases: tuple[str, ...] = ()  # the seed's environment variables, read after QUOTED_ ones
+    alias_kind: Kind | None = None  # how an alias's value is read, when not like the key's
+    attr: str = ""  # the dataclass field, when not the key
+
+    @property
+    def env(self) -> str:
+        return f"{ENV_PREFIX}{self.section.upper()}_{self.key.upper()}"
+
+    @property
+    def name(self) -> str:
+        return f"[{self.section}] {self.key}"
+
+
+_S = _Setting
+_rate = number("a number >= 0 (0 = off)", lambda v: v >= 0)
+# fmt: off
+_SETTINGS: tuple[_Setting, ...] = (
+    _S("server", "listen", "tcp:8080:interface=127.0.0.1", endpoint,
+       "Twisted server endpoint of the WebSocket, REST and metrics port"),
+    _S("server", "shutdown_timeout", "10s", duration("0", "10m"),
+       "how long SIGTERM waits for clients to close"),
+    _S("server", "allowed_origins", "", origins,
+       "browser origins allowed to open WebSockets, or * (empty: the server's own host only)"),
+    _S("server", "trusted_proxies", "", networks,
+       "reverse proxies whose X-Forwarded-For names the client IP (empty: none)"),
+    _S("auth", "secret_file", "", secret_file,
+       "file holding the HMAC (HS256) token secret; JWT_SECRET gives the secret itself",
+       aliases=("JWT_SECRET",), alias_kind=raw_secret, attr="secret"),
+    _S("auth", "public_key_file", "", file,
+       "PEM public key (RSA, ECDSA or Ed25519) that verifies tokens"),
+    _S("auth", "jwks_url", "", jwks_url,
+       "URL of a JSON Web Key Set that verifies tokens (may hold credentials: never shown)"),
+    _S("auth", "issuer", "", any_text, "iss every token must carry (empty: not checked)"),
+    _S("auth", "audience", "", any_text, "aud every token must include (empty: not checked)"),
+    _S("auth", "leeway", "30s", duration("0", "10m"),
+       "clock skew tolerated on exp, nbf and iat"),
+    _S("feed", "update_interval", "4s", duration("10ms", "1h"),
+       "price simulator tick", aliases=("PRICE_UPDATE_INTERVAL",)),
+    _S("feed", "oscillation_percent", "1", number("a number above 0 and below 100",
+                                                   lambda v: 0 < v < 100),
+       "each move lands within ± this percent of the base price"),
+    _S("feed", "mode", "subset", choice("subset", "all"),
+       "which symbols move each tick: subset (a random few) or all"),
+    _S("feed", "instruments_file", "", file,
+       "CSV of instruments (empty: the built-in ones)"),
+    _S("feed", "synthetic_symbols", "0", integer(0, 100_000),
+       "generated instruments added for load tests"),
+    _S("websocket", "max_connections", "10000", integer(1, 1_000_000),
+       "open WebSocket connections; beyond it handshakes get 503",
+       aliases=("WS_MAX_CONNECTIONS",)),
+    _S("websocket", "max_symbols", "100", integer(1, 10_000), "symbols per connection"),
+    _S("websocket", "idle_timeout", "30m", duration("1s"),
+       "close a connection that sent nothing for this long", aliases=("WS_IDLE_TIMEOUT",)),
+    _S("websocket", "health_check_interval", "30s", duration("100ms"),
+       "ping interval; a pong must arrive before the next ping",
+       aliases=("WS_HEALTH_CHECK_INTERVAL",)),
+    _S("websocket", "circuit_breaker_threshold", "5", integer(1, 100),
+       "stalled writes in a row before a slow client is closed with 4008",
+       aliases=("WS_CIRCUIT_BREAKER_THRESHOLD",)),
+    _S("websocket", "compression", "on", boolean,
+       "accept permessage-deflate when a client offers it"),
+    _S("websocket", "handshake_rate_per_ip", "20", _rate,
+       "WebSocket handshakes per second per client IP, burst twice that (0: off)"),
+    _S("websocket", "user_max_connections", "10", integer(1, 1_000_000),
+       "open connections per token subject; beyond it 429"),
+    _S("websocket", "message_rate", "10", _rate,
+       "client messages per second per connection, burst twice that (0: off)"),
+    _S("redis", "enabled", "no", boolean,
+       "share one market between instances through Redis"),
+    _S("redis", "url", "redis://127.0.0.1:6379/0", redis_url,
+       "Redis to use, with user and password if any (never shown)", aliases=("REDIS_URL",)),
+    _S("redis", "prefix", "quoted:", prefix, "start of every Redis key and channel"),
+    _S("redis", "lease_ttl", "3s", duration("300ms", "1m"),
+       "lease of the instance that publishes prices; a dead one is replaced within it"),
+    _S("log", "level", "info", choice("debug", "info", "warn", "error"),
+       "lowest level logged"),
+    _S("log", "format", "text", choice("text", "json"), "text, or JSON lines"),
+)
+# fmt: on
+
+_SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(s.section for s in _SETTINGS))
+_KEYS: dict[str, tuple[str, ...]] = {
+    section: tuple(s.key for s in _SETTINGS if s.section == section) for section in _SECTIONS
+}
+_TOKEN_KEYS = ("secret", "public_key_file", "jwks_url")
+
+
+def settings_table() -> list[tuple[str, str, str, str]]:
+    """(section, key, default as written in etc/quoted.conf, one-line meaning), in order."""
+    return [(s.section, s.key, s.default, s.help) for s in _SETTINGS]
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"did you mean {close[0]}? " if close else ""
+
+
+def _read_file(path: str, problems: list[str]) -> dict[tuple[str, str], str]:
+    """The (section, key) -> value pairs of an INI file; its problems go into ``problems``."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        problems.append(f"{path}: cannot read the configuration file: {exc.strerror}")
+        return {}
+    except UnicodeDecodeError:
+        problems.append(f"{path}: cannot read the configuration file: not UTF-8 text")
+        return {}
+    # Only "key = value" (a URL's ":" is no delimiter), no DEFAULT section, no interpolation.
+    parser = configparser.ConfigParser(delimiters=("=",), interpolation=None, default_section="\0")
+    try:
+        parser.read_string(text, source=path)
+    except configparser.MissingSectionHeaderError as exc:  # its message quotes the line
+        problems.append(f"{path}: line {exc.lineno}: a setting before any [section] header")
+        return {}
+    except configparser.ParsingError as exc:  # raised at the end: the rest was read
+        for lineno, _line in exc.errors:  # the line itself may hold a secret
+            problems.append(f"{path}: line {lineno}: not a 'key = value' line or a [section]")
+    except configparser.Error as exc:  # a duplicate section or key: names them, no value
+        problems.append(str(exc))
+        return {}
+    values: dict[tuple[str, str], str] = {}
+    for section in parser.sections():
+        if section not in _KEYS:
+            problems.append(
+                f"[{section}]: unknown section; {_suggest(section, _SECTIONS)}"
+                f"accepted: {', '.join(_SECTIONS)}"
+            )
+            continue
+        for key, value in parser.items(section, raw=True):
+            if key not in _KEYS[section]:
+                problems.append(
+                    f"[{section}] {key}: unknown key; {_suggest(key, _KEYS[section])}"
+                    f"accepted: {', '.join(_KEYS[section])}"
+                )
+            else:
+                values[section, key] = value
+    return values
+
+
+def _check_environ(environ: Mapping[str, str], problems: list[str]) -> None:
+    """Report QUOTED_<SECTION>_<KEY> variables of a known section but an unknown key."""
+    known = {s.env for s in _SETTINGS}
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name in known or value == "":
+            continue
+        for section in _SECTIONS:
+            if name.startswith(f"{ENV_PREFIX}{section.upper()}_"):
+                names = [s.env for s in _SETTINGS if s.section == section]
+                problems.append(
+                    f"{name}: unknown environment variable; {_suggest(name, names)}"
+                    f"accepted: {', '.join(names)}"
+                )
+
+
+def load_config(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    dev: bool = False,
+    listen: str | None = None,
+) -> Config:
+    """Read, check and return the configuration, or raise ConfigError listing every problem.
+
+    ``path`` None means DEFAULT_CONFIG_PATH if it exists, else the built-in defaults only;
+    a path given must exist. ``environ`` None means ``os.environ``. It reads files (the
+    configuration, the secret file), so it runs before the reactor starts.
+    """
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    problems: list[str] = []
+    if path is None:
+        path = DEFAULT_CONFIG_PATH if os.path.exists(DEFAULT_CONFIG_PATH) else None
+    from_file = {} if path is None else _read_file(path, problems)
+    _check_environ(env, problems)
+
+    sections: dict[str, dict[str, Any]] = {section: {} for section in _SECTIONS}
+    failed: set[str] = set()
+    origin: dict[str, str] = {}  # attr -> environment variable it came from, for auth names
+    for s in _SETTINGS:
+        text, kind, source = from_file.get((s.section, s.key), s.default), s.kind, ""
+        for name in (*reversed(s.aliases), s.env):  # the QUOTED_ name, checked last, wins
+            if env.get(name, ""):
+                kind = s.alias_kind if name in s.aliases and s.alias_kind else s.kind
+                text, source = env[name], name
+        if s.section == "server" and s.key == "listen" and listen is not None:
+            text, kind, source = listen, s.kind, "--listen"
+        if source and kind.strip:
+            text = text.strip()
+        attr = s.attr or s.key
+        try:
+            sections[s.section][attr] = kind.parse(text)
+        except ValueError as exc:
+            shown = HIDDEN if kind.secret else repr(text)
+            via = f" (from {source})" if source else ""
+            problems.append(f"{s.name} = {shown}{via}: {exc}; accepted: {kind.accepted}")
+            failed.add(f"{s.section}.{attr}")
+            continue
+        if source:
+            origin[attr] = source
+
+    auth = sections["auth"]
+    if not failed.intersection(f"auth.{key}" for key in _TOKEN_KEYS):
+        given = [key for key in _TOKEN_KEYS if auth[key]]
+        if len(given) > 1:
+            jwt_env = origin.get("secret") == "JWT_SECRET"
+            secret_name = "JWT_SECRET" if jwt_env else "secret_file"
+            names = [secret_name if key == "secret" else key for key in given]
+            problems.append(
+                "[auth] secret_file, public_key_file, jwks_url: more than one token key is set "
+                f"({' and '.join(names)}); set only one"
+            )
+        elif not given and not dev:
+            problems.append(
+                "[auth] secret_file: no token key is configured (secret_file, JWT_SECRET, "
+                "public_key_file or jwks_url); set one, or start with --dev for development"
+            )
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        server=ServerConfig(**sections["server"]),
+        auth=AuthConfig(**sections["auth"]),
+        feed=FeedConfig(**sections["feed"]),
+        websocket=WebSocketConfig(**sections["websocket"]),
+        redis=RedisConfig(**sections["redis"]),
+        log=LogConfig(**sections["log"]),
+        dev=dev,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m quoted.config``: check a configuration as twistd would read it."""
+    parser = argparse.ArgumentParser(
+        prog="python -m quoted.config",
+        description="Check a quoted configuration file (and the environment) as twistd would.",
+    )
+    parser.add_argument("path", nargs="?", help=f"the file (default: {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--dev", action="store_true", help="allow no token key")
+    parser.add_argument("--listen", help="endpoint overriding [server] listen")
+    args = parser.parse_args(argv)
+    try:
+        load_config(args.path, dev=args.dev, listen=args.listen)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print("ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

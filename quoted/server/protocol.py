@@ -1,0 +1,512 @@
+"""The WebSocket connection: Autobahn protocol and factory for /ws/quotes.
+
+Every check runs before the upgrade (quoted.server.gate); a protocol is only ever
+built for a handshake that was accepted, and receives what the gate decided
+(user, token claims, symbols) in ``accepted``. The protocol registers itself
+as a push producer on its transport: while the socket is full the hub keeps
+only which symbols moved (conflation), and a client that stays paused is
+closed with 4008.
+"""
+
+from __future__ import annotations
+
+import socket
+import zlib
+from dataclasses import dataclass
+from typing import Any, cast
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
+from twisted.internet import tcp
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from quoted.server.auth import Claims, TokenError, TokenVerifier
+from quoted.server.config import WebSocketConfig
+from quoted.server.edge import CLASS_DEFAULTS, trim
+from quoted.server.errors import not_websocket
+from quoted.server.hub import FanOutHub, Subscription
+from quoted.server.metrics import Metrics
+from quoted.server.pool import ConnectionPool, Liveness
+from quoted.server.ratelimit import TokenBucket
+from quoted.server.store import Entry, QuoteStore
+from quoted.wire.closecodes import (
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_TOKEN_EXPIRED,
+    CLOSE_TOO_MANY_MESSAGES,
+    CLOSE_UNSUPPORTED,
+    close_payload_error,
+)
+from quoted.wire.frames import (
+    DEFLATE_LEVEL,
+    DEFLATE_MEM_LEVEL,
+    DEFLATE_TAIL,
+    DEFLATE_WINDOW_BITS,
+    text_frame,
+)
+from quoted.wire.messages import (
+    CODE_BAD_REQUEST,
+    CODE_RATE_LIMITED,
+    CODE_SUBJECT_MISMATCH,
+    CODE_TOKEN_EXPIRED,
+    CODE_TOO_MANY_SYMBOLS,
+    CODE_UNKNOWN_TYPE,
+    MAX_MESSAGE_BYTES,
+    MSG_CONNECTION_TOKEN_EXPIRED,
+    MSG_SUBJECT_MISMATCH,
+    MSG_SYMBOLS_REQUIRED,
+    MSG_TOKEN_MISSING,
+    TOKEN_ERROR_MESSAGES,
+    ClientMessage,
+    ProtocolError,
+    decode_client_message,
+    encode_authenticated,
+    encode_error,
+    encode_pong,
+    encode_subscribed,
+    rate_limited_message,
+    too_many_symbols_message,
+    unknown_type_message,
+)
+from quoted.wire.symbols import normalize_symbols
+
+# this many client messages (or ping frames) refused in a row by the rate limit: close 4029
+MAX_REFUSED_IN_ROW = 20
+# kernel send buffer per connection: a stuck client pins at most this much
+# kernel memory, and a stall shows within a tick or two instead of after the
+# ~2.7 MB tcp_wmem autotuning would absorb
+SEND_BUFFER_BYTES = 64 * 1024
+# a client closed for slowness cannot read its close frame: drop it soon after
+SLOW_CLOSE_GRACE = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What the gate decided about a handshake it let through."""
+
+    user: str
+    claims: Claims
+    entries: tuple[Entry, ...]
+    invalid: tuple[str, ...]
+    forbidden: tuple[str, ...]
+
+
+class NoDebugLogger(Logger):
+    """A Logger without debug events: Autobahn logs every handshake whole at debug level
+    (``Authorization: Bearer ...``, ``?token=...``), and a token must never reach a log."""
+
+    def debug(self, format: str | None = None, **kwargs: object) -> None:
+        pass
+
+
+@implementer(IPushProducer)
+class QuoteProtocol(WebSocketServerProtocol):
+    """One client connection."""
+
+    factory: QuoteFactory
+    log = NoDebugLogger()
+    send_queue: Any = ()
+    trafficStats = TrafficStats()
+
+    accepted: Accepted
+    sub: Subscription | None = None
+    live: Liveness | None = None  # the pool's record, from onOpen to onClose
+    _sock: socket.socket | None = None
+    _deflate: Any = None  # our zlib compressor, when permessage-deflate was negotiated
+    # security: the token's expiry timer; the message budget (made at the first message,
+    # so idle connections hold none) and how many messages it refused in a row
+    _expiry: IDelayedCall | None = None
+    _bucket: TokenBucket | None = None
+    _refused_in_row = 0
+
+    # -- transport ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        # twisted.web's channel was this transport's producer until the upgrade
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
+        transport.registerProducer(self, True)
+        if type(transport) is tcp.Server:  # plain TCP (not TLS): frames may go direct
+            sock = transport.socket
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+            self._sock = sock
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        # Autobahn resolves is_closed with the protocol itself: a reference cycle that
+        # only a full garbage collection would free (a minute away: see
+        # quoted/collector.py). Broken here, a closed connection is freed at once.
+        self.__dict__.pop("is_closed", None)
+        self.__dict__.pop("is_open", None)
+
+    def dataReceived(self, data: bytes) -> None:
+        live = self.live
+        if live is not None:
+            live.heard(self.factory.clock.seconds())
+        super().dataReceived(data)
+
+    def pauseProducing(self) -> None:
+        if self.sub is not None:
+            self.factory.hub.pause(self.sub)
+
+    def resumeProducing(self) -> None:
+        if self.sub is not None and self.state == WebSocketProtocol.STATE_OPEN:
+            self.factory.hub.resume(self.sub)
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- Autobahn callbacks ---------------------------------------------------
+
+    def onConnect(self, request: Any) -> None:
+        return None  # everything was checked by the gate before the upgrade
+
+    def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
+        """Autobahn refused the handshake itself: answer in our JSON shape."""
+        self.factory.metrics.handshakes.labels(result="upgrade_failed").inc()
+        self.sendData(not_websocket(reason).raw_response())
+
+    def onOpen(self) -> None:
+        f = self.factory
+        self.live = f.pool.add(self)
+        a = self.accepted
+        self.sub = f.hub.open(self)
+        f.metrics.handshakes.labels(result="accepted").inc()
+        f.metrics.connections.inc()
+        f.hub.snapshot(self.sub, a.entries, a.invalid, a.forbidden)
+        self.accepted = Accepted(a.user, a.claims, (), (), ())  # the snapshot is sent
+        self._schedule_expiry()
+        trim(self)  # what Autobahn no longer needs per connection
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        f = self.factory
+        if isBinary:
+            self.close_with(CLOSE_UNSUPPORTED, "binary messages are not supported")
+            return
+        if not self._admit(reply=True):
+            return
+        f.metrics.messages_received.inc()
+        f.metrics.bytes_received.inc(len(payload))
+        try:
+            self._handle(decode_client_message(payload))
+        except ProtocolError as e:
+            self.send_control(encode_error(e.code, e.message, e.id))
+
+    def processControlFrame(self) -> bool:
+        """A client's close frame with a bad payload gets 1002/1007 (Autobahn answers a one-byte
+        payload as a normal close, and aborts the socket before its 1002/1007 frame leaves)."""
+        if self.current_frame.opcode == 8:
+            problem = close_payload_error(b"".join(self.control_frame_data or ()))
+            if problem is not None:
+                self.close_with(*problem)
+                transport: Any = self.transport
+                transport.loseConnection()  # after the close frame is written
+                return False
+        result: bool = super().processControlFrame()
+        return result
+
+    def onPing(self, payload: bytes) -> None:
+        """A client's ping frame costs a message of its budget; over budget, no pong."""
+        if self._admit(reply=False):
+            super().onPing(payload)
+
+    def onPong(self, payload: bytes) -> None:
+        if self.live is not None:
+            self.live.ponged()
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        f = self.factory
+        self._cancel_expiry()
+        if self.sub is not None:
+            f.hub.close(self.sub)
+            self.sub = None
+            f.metrics.connections.dec()
+        if self.live is not None:
+            f.pool.remove(self.live)
+            self.live = None
+        if getattr(self, "accepted", None) is not None:
+            f.pool.release(self.accepted.user)
+            del self.accepted
+        if self.localCloseCode is not None and self.closedByMe:
+            f.metrics.server_closes.labels(code=str(self.localCloseCode)).inc()
+
+    # -- client messages ------------------------------------------------------
+
+    def _handle(self, m: ClientMessage) -> None:
+        if m.type in ("subscribe", "unsubscribe"):
+            self._change_subscription(m)
+        elif m.type == "ping":
+            self.send_control(encode_pong(m.id))
+        elif m.type == "auth":
+            self._refresh(m)
+        else:
+            raise ProtocolError(CODE_UNKNOWN_TYPE, unknown_type_message(m.type), m.id)
+
+    def _change_subscription(self, m: ClientMessage) -> None:
+        f = self.factory
+        sub = self.sub
+        if sub is None:
+            return
+        if not m.symbols:
+            raise ProtocolError(CODE_BAD_REQUEST, MSG_SYMBOLS_REQUIRED, m.id)
+        entries, invalid = f.store.resolve(normalize_symbols(m.symbols))
+        forbidden: list[str] = []
+        if m.type == "subscribe":
+            claims = self.accepted.claims
+            allowed = [e for e in entries if claims.entitled(e.symbol)]
+            forbidden = [e.symbol for e in entries if not claims.entitled(e.symbol)]
+            n = sub.count_with(allowed)
+            if n > f.config.max_symbols:
+                raise ProtocolError(
+                    CODE_TOO_MANY_SYMBOLS, too_many_symbols_message(n, f.config.max_symbols), m.id
+                )
+            f.hub.subscribe(sub, allowed)
+        else:
+            f.hub.unsubscribe(sub, entries)
+        self.send_control(encode_subscribed(m.id, sub.symbols(), invalid, forbidden))
+        if not sub.paused:
+            f.hub.flush(sub)
+
+    def _refresh(self, m: ClientMessage) -> None:
+        """``auth``: verify the new token (after a JWK Set fetch if its kid is new), then
+        apply it: the new exp reschedules the expiry, lost entitlements drop symbols."""
+        if self.sub is None:
+            return
+        if not m.token:
+            raise ProtocolError(CODE_BAD_REQUEST, MSG_TOKEN_MISSING, m.id)
+        d = self.factory.verifier.verify_deferred(m.token)
+        d.addCallbacks(self._refreshed, self._refresh_refused, callbackArgs=(m,), errbackArgs=(m,))
+        d.addErrback(self._refresh_failed)
+
+    def _refreshed(self, claims: Claims, m: ClientMessage) -> None:
+        f = self.factory
+        sub = self.sub
+        if sub is None or self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        if claims.subject != self.accepted.user:
+            self.send_control(encode_error(CODE_SUBJECT_MISMATCH, MSG_SUBJECT_MISMATCH, m.id))
+            return
+        a = self.accepted
+        self.accepted = Accepted(a.user, claims, a.entries, a.invalid, a.forbidden)
+        self._schedule_expiry()
+        dropped = [e for e in sub.sent if not claims.entitled(e.symbol)]
+        f.hub.unsubscribe(sub, dropped)
+        self.send_control(
+            encode_authenticated(m.id, claims.expires_at, sorted(e.symbol for e in dropped))
+        )
+        if dropped and not sub.paused:
+            f.hub.flush(sub)
+
+    def _refresh_refused(self, failure: Failure, m: ClientMessage) -> None:
+        failure.trap(TokenError)
+        e = failure.value
+        assert isinstance(e, TokenError)
+        self.send_control(encode_error(e.code, TOKEN_ERROR_MESSAGES.get(e.code, e.message), m.id))
+
+    def _refresh_failed(self, failure: Failure) -> None:
+        self.log.failure("auth message failed", failure, log_id="quoted.protocol.auth_failed")
+
+    # -- security: token expiry and message rate ----------------------------------
+
+    def _schedule_expiry(self) -> None:
+        """(Re)arm the timer that closes the connection when its token expires."""
+        self._cancel_expiry()
+        f = self.factory
+        deadline = self.accepted.claims.expires_at + f.verifier.leeway
+        self._expiry = f.clock.callLater(max(0.0, deadline - f.clock.seconds()), self._expired)
+
+    def _cancel_expiry(self) -> None:
+        if self._expiry is not None:
+            if self._expiry.active():
+                self._expiry.cancel()
+            self._expiry = None
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self.send_control(encode_error(CODE_TOKEN_EXPIRED, MSG_CONNECTION_TOKEN_EXPIRED))
+        self.close_with(CLOSE_TOKEN_EXPIRED, "token expired")
+
+    def _admit(self, *, reply: bool) -> bool:
+        """Take one message of the budget (``[websocket] message_rate``, burst twice that).
+        Over budget: answer ``rate_limited`` (when ``reply``) and refuse; the 20th refusal in
+        a row closes 4029."""
+        f = self.factory
+        rate = f.config.message_rate
+        if rate <= 0:
+            return True
+        now = f.clock.seconds()
+        if self._bucket is None:
+            self._bucket = TokenBucket(rate, 2 * rate, now)
+        if self._bucket.take(now) == 0.0:
+            self._refused_in_row = 0
+            return True
+        self._refused_in_row += 1
+        f.metrics.rate_limited_messages.inc()
+        if self._refused_in_row >= MAX_REFUSED_IN_ROW:
+            self.close_with(CLOSE_TOO_MANY_MESSAGES, "too many messages")
+        elif reply:
+            burst = int(2 * rate)
+            self.send_control(encode_error(CODE_RATE_LIMITED, rate_limited_message(rate, burst)))
+        return False
+
+    # -- sending ------------------------------------------------------------
+
+    def send_patch(self, payload: bytes) -> int:
+        """Write one quotes_patch, compressed when the client negotiated it.
+
+        Returns the bytes it put on the wire (0 when the connection is not open); the hub
+        counts them, once per tick rather than once per message.
+        """
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return 0
+        pmd = self._perMessageCompress
+        if pmd is None:
+            frame = text_frame(payload)
+        else:
+            deflate = self._deflate
+            if deflate is None:
+                deflate = zlib.compressobj(
+                    DEFLATE_LEVEL, zlib.DEFLATED, -DEFLATE_WINDOW_BITS, DEFLATE_MEM_LEVEL
+                )
+            data = deflate.compress(payload) + deflate.flush(zlib.Z_SYNC_FLUSH)
+            # the client may ask that each message be compressed on its own
+            self._deflate = None if pmd.server_no_context_takeover else deflate
+            frame = text_frame(data[:-4] if data.endswith(DEFLATE_TAIL) else data, 0xC1)
+        self._write(frame)
+        return len(frame)
+
+    def send_control(self, payload: bytes) -> None:
+        """Write a small reply (subscribed, error, pong...), never compressed."""
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        frame = text_frame(payload)
+        m = self.factory.metrics
+        m.messages_sent.inc()
+        m.bytes_sent.inc(len(frame))
+        self._write(frame)
+
+    def _write(self, frame: bytes) -> None:
+        """Send a frame now when nothing is queued before it; hand Twisted the rest.
+
+        Twisted's write() buffers every frame and sends it on the next loop turn
+        (a buffer append, two epoll_ctl calls and a doWrite per socket); when its
+        buffer is empty the frame can go straight to the kernel, in order, with one
+        send(). What the kernel does not take goes through Twisted as usual, so its
+        buffer, the push-producer pause and error handling stay in charge.
+        BENCHMARKS.md (stress vs baseline) has the measured effect.
+        """
+        t: Any = self.transport
+        sock = self._sock
+        if sock is not None and not t.dataBuffer and not t._tempDataBuffer and not t.disconnecting:
+            try:
+                sent = sock.send(frame)
+            except OSError:  # EAGAIN, or an error Twisted's write will meet and report
+                sent = 0
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
+        t.write(frame)
+
+    def send_ping(self) -> None:
+        """A ping frame with an empty payload (Autobahn's sendPing costs ~10x more)."""
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self._write(b"\x89\x00")
+
+    # -- closing --------------------------------------------------------------
+
+    def close_with(self, code: int, reason: str) -> None:
+        """Close with any code (Autobahn's sendClose allows only 1000 and 3000-4999)."""
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode(), isReply=False)
+
+    def slow_consumer(self) -> None:
+        """The hub gave up on this client: close 4008 (best effort) and drop the socket."""
+        f = self.factory
+        f.metrics.slow_consumer_closes.inc()
+        self.close_with(CLOSE_SLOW_CONSUMER, "slow consumer")
+        # the close frame sits behind bytes the client does not read
+        f.clock.callLater(SLOW_CLOSE_GRACE, self.abort)
+
+    def abort(self) -> None:
+        transport: Any = self.transport
+        if transport is not None and self.state != WebSocketProtocol.STATE_CLOSED:
+            transport.abortConnection()
+
+
+for _name, _value in CLASS_DEFAULTS.items():
+    setattr(QuoteProtocol, _name, _value)
+
+
+class QuoteFactory(WebSocketServerFactory):
+    """Builds QuoteProtocols for handshakes the gate accepted."""
+
+    protocol = QuoteProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        config: WebSocketConfig,
+        store: QuoteStore,
+        hub: FanOutHub,
+        pool: ConnectionPool,
+        verifier: TokenVerifier,
+        metrics: Metrics,
+        url: str = "ws://localhost/ws/quotes",
+    ) -> None:
+        super().__init__(url=url, reactor=clock)
+        self.clock = clock
+        self.config = config
+        self.store = store
+        self.hub = hub
+        self.pool = pool
+        self.verifier = verifier
+        self.metrics = metrics
+        self.pending: Accepted | None = None
+        self.setProtocolOptions(
+            # client messages: 4 KiB after reassembly and inflation
+            maxMessagePayloadSize=MAX_MESSAGE_BYTES,
+            maxFramePayloadSize=MAX_MESSAGE_BYTES,
+            utf8validateIncoming=True,
+            requireMaskedClientFrames=True,
+            # our own sweep pings; Autobahn's per-connection timers stay off
+            autoPingInterval=0,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=2,
+            failByDrop=False,
+            echoCloseCodeReason=False,
+            allowedOrigins=["*"],  # the gate checks Origin before the upgrade
+            perMessageCompressionAccept=self._accept_compression,
+            webStatus=False,
+            tcpNoDelay=True,
+        )
+        # Autobahn copies ~45 options onto every connection; a subclass per factory
+        # holds them once instead (about 1.3 KB a connection)
+        options = {name: getattr(self, name) for name in QuoteProtocol.CONFIG_ATTRS}
+        self.protocol = cast(
+            "type[QuoteProtocol]",
+            type("QuoteProtocol", (QuoteProtocol,), {**options, "CONFIG_ATTRS": ()}),
+        )
+
+    def _accept_compression(self, offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
+        if not self.config.compression:
+            return None
+        for offer in offers:
+            if not isinstance(offer, PerMessageDeflateOffer):
+                continue
+            if offer.request_max_window_bits not in (0, 15):
+                return None  # a smaller window than ours: run uncompressed
+            return PerMessageDeflateOfferAccept(offer, request_no_context_takeover=True)
+        return None
+
+    def buildProtocol(self, addr: Any) -> QuoteProtocol:  # type: ignore[override]
+        proto = super().buildProtocol(addr)
+        assert isinstance(proto, QuoteProtocol)
+        if self.pending is not None:
+            proto.accepted = self.pending
+        return proto

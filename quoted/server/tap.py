@@ -1,0 +1,101 @@
+"""twistd entry point: ``twistd quoted [--config PATH] [--dev] [--listen ENDPOINT]``."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from quoted.server import logs
+from quoted.server.app import build
+from quoted.server.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from quoted.server.instruments import InstrumentError
+from quoted.wire.tokens import mint_token
+
+DEMO_TTL = 24 * 3600
+DEMO_SYMBOLS = "AAPL,GOOGL"
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH] [--dev] [--listen ENDPOINT]"
+    longdesc = (
+        "quoted: real-time quotes over WebSocket as RFC 6902 JSON Patch. "
+        "Settings come from the INI file, then QUOTED_<SECTION>_<KEY> environment variables."
+    )
+    optParameters = [
+        [
+            "config",
+            "c",
+            None,
+            f"the configuration file [default: {DEFAULT_CONFIG_PATH}, if present]",
+        ],
+        ["listen", "l", None, "a Twisted server endpoint; overrides [server] listen"],
+    ]
+    optFlags = [
+        ["dev", None, "development mode: a random token secret and a printed demo token"],
+    ]
+
+
+def http_base(listen: str) -> str:
+    """A URL for the banner from a tcp:/ssl: endpoint string (best effort)."""
+    parts = listen.split(":")
+    kind = parts[0]
+    port = next((p for p in parts[1:] if p.isdigit()), "8080")
+    host = next((p.split("=", 1)[1] for p in parts if p.startswith("interface=")), "localhost")
+    if host in ("", "0.0.0.0", "::"):
+        host = "localhost"
+    scheme = "https" if kind == "ssl" else "http"
+    return f"{scheme}://{host}:{port}"
+
+
+def dev_banner(secret: bytes, listen: str, now: float) -> str:
+    token = mint_token(secret, "demo", now=now, ttl=DEMO_TTL)
+    base = http_base(listen)
+    ws = base.replace("http", "ws", 1)
+    return (
+        "quoted development mode: no token key is configured, so tokens are signed\n"
+        "with a random secret that lives as long as this process.\n\n"
+        f'Demo token (sub "demo", valid 24h):\n  {token}\n\n'
+        f"WebSocket:\n  {ws}/ws/quotes?symbols={DEMO_SYMBOLS}&token={token}\n\n"
+        f"Browser board:\n  {base}/?token={token}\n\n"
+        f"REST:\n  curl -H 'Authorization: Bearer {token}' "
+        f"'{base}/v1/quotes?symbols={DEMO_SYMBOLS}'\n"
+    )
+
+
+def _exit_cleanly(reactor: Any) -> None:
+    if getattr(reactor, "_exitSignal", None) is not None:
+        reactor._exitSignal = None
+
+
+def makeService(options: dict[str, Any]) -> IService:
+    from twisted.internet import reactor  # noqa: PLC0415 (the one place that touches the global reactor)
+
+    try:
+        config = load_config(options["config"], dev=bool(options["dev"]), listen=options["listen"])
+    except ConfigError as e:
+        raise SystemExit(f"quoted: configuration error:\n{e}") from None
+    logs.configure(config.log)
+    secret = None
+    auth = config.auth
+    if config.dev and auth.secret is None and not auth.public_key_file and not auth.jwks_url:
+        secret = secrets.token_bytes(32)
+        # straight to the terminal, before twistd's logging begins: never into the logs
+        sys.stdout.write(dev_banner(secret, config.server.listen, reactor.seconds()))
+        sys.stdout.flush()
+    # twistd re-raises the signal that stopped it, so a clean SIGTERM would end
+    # the process "killed by signal 15"; after an orderly drain we exit 0
+    reactor.addSystemEventTrigger("after", "shutdown", _exit_cleanly, reactor)
+    # the listener opens while twistd starts the services, before the reactor
+    # installs its own signal handlers: a SIGTERM in that window must still be a
+    # clean stop, not the default death by signal
+    threads: Any = reactor
+    signal.signal(signal.SIGTERM, lambda signum, frame: threads.callFromThread(reactor.stop))
+    try:
+        return build(config, reactor, secret=secret)
+    except (InstrumentError, ValueError, OSError) as e:
+        raise SystemExit(f"quoted: {e}") from None
