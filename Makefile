@@ -32,10 +32,15 @@ redis:
 test: install-test redis
 	$(BIN)/pytest $(ARGS)
 
+# ruff reads every Python file (bench/run and bench/table have no .py suffix: pyproject.toml
+# names them); mypy --strict checks quoted/, the plugin and bench/ (each script on its own,
+# since every script is a __main__)
 lint: install-test
 	$(BIN)/ruff check quoted tests twisted bench
 	$(BIN)/ruff format --check quoted tests twisted bench
 	$(BIN)/mypy
+	$(BIN)/mypy bench/*.py
+	for script in bench/run bench/table; do $(BIN)/mypy $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info twisted/plugins/dropin.cache

@@ -1,18 +1,155 @@
-"""What Autobahn keeps per connection that quoted drops once the WebSocket is open.
+"""The edge: every place quoted leans on private state or undocumented behaviour of Twisted or
+Autobahn, each name with why it is needed. tests/server/test_edge.py checks each assumption
+against the installed versions, so an upgrade that breaks one fails there, loudly, rather than
+as a slow leak or a lost frame in production. setup.cfg caps both libraries below their next
+major release; constraints.txt is the tested set.
 
-Autobahn copies its options and the opening handshake onto every protocol instance and
-sets ~30 flags and unset timers per instance: at 10,000 connections that is ~50 MB.
-``trim`` drops the handshake leftovers and every attribute still at a value the class
-holds too, then rebuilds the instance dict compact (BENCHMARKS.md: 12.8 -> 7.5 KB a
-connection with the options moved to a per-factory class, see QuoteFactory).
+What lives here:
+
+- **The direct write path** (:func:`direct_socket`, :func:`write_frame`): a frame goes
+  straight to the kernel with one ``send()`` when Twisted's buffer for the socket is empty.
+- **Raw control frames** (:func:`write_frame` with :data:`PING_FRAME`): a ping without
+  Autobahn's ``sendPing`` (about ten times the cost, and a per-connection timer).
+- **Closing** (:func:`send_close`, :func:`close_frame_payload`): any close code, and the
+  payload of the peer's close frame while Autobahn processes it.
+- **The compressor's negotiation** (:func:`negotiated_deflate`): quoted compresses its
+  pre-framed messages itself; Autobahn only negotiates.
+- **Memory per connection** (:func:`per_factory_protocol`, :func:`install_class_defaults`,
+  :func:`trim`, :func:`break_close_cycle`): what Autobahn copies onto every connection, and
+  the reference cycle that keeps a closed one alive.
+- **Logging** (:class:`NoDebugLogger`): Autobahn's debug events carry the whole handshake.
+- **The exit status** (:func:`clear_exit_signal`): twistd re-raises the signal that stopped it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import socket
+from typing import Any, Final
+
+from autobahn.websocket.protocol import TrafficStats
+from twisted.internet import tcp
+from twisted.logger import Logger
+
+__all__ = [
+    "CLASS_DEFAULTS",
+    "HANDSHAKE_LEFTOVERS",
+    "PING_FRAME",
+    "SEND_BUFFER_BYTES",
+    "NoDebugLogger",
+    "break_close_cycle",
+    "clear_exit_signal",
+    "close_frame_payload",
+    "direct_socket",
+    "install_class_defaults",
+    "negotiated_deflate",
+    "per_factory_protocol",
+    "send_close",
+    "trim",
+    "write_frame",
+]
+
+# kernel send buffer per connection: a stuck client pins at most this much kernel memory, and
+# a stall shows within a tick or two instead of after the ~2.7 MB tcp_wmem autotuning absorbs
+SEND_BUFFER_BYTES: Final = 64 * 1024
+
+PING_FRAME: Final = b"\x89\x00"
+"""A ping frame with an empty payload (server frames are not masked)."""
+
+
+# -- the direct write path ----------------------------------------------------------------------
+
+
+def direct_socket(transport: Any) -> socket.socket | None:
+    """The socket a plain TCP connection's frames may be sent on directly, its send buffer
+    bounded to SEND_BUFFER_BYTES; None for anything else (TLS, in-memory transports).
+
+    Private: ``tcp.Server.socket`` is an attribute of Twisted's TCP transport, not of any
+    interface. Only an exact ``tcp.Server`` qualifies: a subclass or a TLS wrapper may hold
+    bytes of its own that a direct send would overtake.
+    """
+    if type(transport) is not tcp.Server:
+        return None
+    sock: socket.socket = transport.socket
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+    return sock
+
+
+def write_frame(transport: Any, sock: socket.socket | None, frame: bytes) -> None:
+    """Send ``frame`` now when nothing is queued before it; hand Twisted the rest.
+
+    Twisted's ``write()`` buffers every frame and sends it on the next loop turn (a buffer
+    append, two epoll_ctl calls and a doWrite per socket); when its buffer is empty the frame
+    can go straight to the kernel, in order, with one ``send()``. What the kernel does not
+    take goes through Twisted as usual, so its buffer, the push-producer pause and its error
+    handling stay in charge. BENCHMARKS.md (stress vs baseline) has the measured effect.
+
+    Private: ``dataBuffer`` (bytes) and ``_tempDataBuffer`` (a list) are
+    ``twisted.internet.abstract.FileDescriptor``'s two write buffers; both empty means
+    nothing is waiting to be sent. ``disconnecting`` is set once loseConnection was called.
+    """
+    if (
+        sock is not None
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+        and not transport.disconnecting
+    ):
+        try:
+            sent = sock.send(frame)
+        except OSError:  # EAGAIN, or an error Twisted's write will meet and report
+            sent = 0
+        if sent == len(frame):
+            return
+        frame = frame[sent:]
+    transport.write(frame)
+
+
+# -- closing ------------------------------------------------------------------------------------
+
+
+def send_close(proto: Any, code: int, reason: str) -> None:
+    """Start the closing handshake with any code.
+
+    Autobahn's public ``sendClose`` allows only 1000 and 3000-4999, and quoted closes with
+    1001, 1002, 1003, 1007 and 1008 as well (docs/protocol.md section 7). ``sendCloseFrame``
+    is the method ``sendClose`` and Autobahn's own protocol failures use; not documented.
+    """
+    proto.sendCloseFrame(code=code, reasonUtf8=reason.encode(), isReply=False)
+
+
+def close_frame_payload(proto: Any) -> bytes | None:
+    """Inside ``processControlFrame``: the payload of the peer's close frame, or None when the
+    frame being processed is another control frame.
+
+    Private: ``current_frame`` (with its ``opcode``) and ``control_frame_data`` (the list of
+    the frame's payload chunks) are Autobahn's frame parser state. quoted reads them because
+    Autobahn answers a one-byte close payload as a normal close, and aborts the socket before
+    a 1002/1007 close frame could leave.
+    """
+    if proto.current_frame.opcode != 8:
+        return None
+    return b"".join(proto.control_frame_data or ())
+
+
+# -- compression --------------------------------------------------------------------------------
+
+
+def negotiated_deflate(proto: Any) -> Any:
+    """The permessage-deflate agreement of an open connection, or None.
+
+    Private: ``_perMessageCompress`` is where Autobahn keeps the accepted extension. quoted
+    reads only ``server_no_context_takeover`` from it and compresses its own frames: Autobahn's
+    compressor runs only inside ``sendMessage`` (once per connection per message, the path
+    quoted leaves for pre-framed bytes) at zlib's default level 6 with no public option for
+    the level; quoted's level 1 with a 2 KiB window costs ~10 KB a connection instead of
+    Autobahn's 256 KB and 33.7 instead of 101.7 us a message (BENCHMARKS.md, compression).
+    """
+    return proto._perMessageCompress
+
+
+# -- memory per connection ----------------------------------------------------------------------
 
 # Autobahn's per-connection copies of the opening handshake, unused once open
-HANDSHAKE_LEFTOVERS = (
+HANDSHAKE_LEFTOVERS: Final = (
     "http_request_data",
     "http_headers",
     "http_response_data",
@@ -26,14 +163,15 @@ HANDSHAKE_LEFTOVERS = (
     "websocket_extensions",
     "websocket_origin",
     "_transport_details",
-    # never used by us: a shared, empty one is on the class (we send no sync or
-    # chopped frames, the only users of the queue; traffic statistics are not read)
+    # never used by us: a shared, empty one is on the class (we send no sync or chopped
+    # frames, the only users of the queue; traffic statistics are not read)
     "send_queue",
     "trafficStats",
 )
-# per-connection attributes Autobahn sets to these (immutable) values; while an
-# instance holds the same value, the class attribute serves instead
-CLASS_DEFAULTS: dict[str, object] = {
+
+# per-connection attributes Autobahn sets to these (immutable) values; while an instance holds
+# the same value, the class attribute serves instead
+CLASS_DEFAULTS: Final[dict[str, object]] = {
     name: value
     for names, value in (
         (
@@ -78,12 +216,71 @@ CLASS_DEFAULTS: dict[str, object] = {
 }
 
 
-def trim(obj: Any) -> None:
-    """Drop ``obj``'s handshake leftovers and defaults; rebuild its instance dict compact."""
-    d = obj.__dict__
+def install_class_defaults(cls: type) -> None:
+    """Give ``cls`` the class attributes :func:`trim` relies on: CLASS_DEFAULTS, and one shared,
+    empty send queue and traffic record (Autobahn makes both per connection)."""
+    for name, value in CLASS_DEFAULTS.items():
+        setattr(cls, name, value)
+    cls.send_queue = ()  # type: ignore[attr-defined]
+    cls.trafficStats = TrafficStats()  # type: ignore[attr-defined]
+
+
+def per_factory_protocol(factory: Any, cls: type) -> type:
+    """A subclass of ``cls`` holding the factory's protocol options once, instead of on every
+    connection (about 1.3 KB a connection).
+
+    Private: Autobahn's factory copies every name in the protocol's ``CONFIG_ATTRS`` onto
+    each connection it builds; with the options on the class and ``CONFIG_ATTRS`` empty,
+    instances read them from the class.
+    """
+    options = {name: getattr(factory, name) for name in cls.CONFIG_ATTRS}  # type: ignore[attr-defined]
+    return type(cls.__name__, (cls,), {**options, "CONFIG_ATTRS": ()})
+
+
+def trim(proto: Any) -> None:
+    """Drop an open connection's handshake leftovers and defaults; rebuild its instance dict
+    compact (BENCHMARKS.md: 12.8 -> 7.5 KB a connection with per_factory_protocol)."""
+    d = proto.__dict__
     for name in HANDSHAKE_LEFTOVERS:
         d.pop(name, None)
     for name, default in CLASS_DEFAULTS.items():
         if name in d and d[name] is default:
             del d[name]
-    obj.__dict__ = dict(d)
+    proto.__dict__ = dict(d)
+
+
+def break_close_cycle(proto: Any) -> None:
+    """After ``connectionLost``: free a closed connection at once.
+
+    Private: Autobahn resolves its ``is_closed`` future with the protocol itself (and keeps an
+    ``is_open`` one): a reference cycle that only a full garbage collection would free, a
+    minute away (quoted/server/collector.py); 175 MB after a minute of churn before this.
+    """
+    proto.__dict__.pop("is_closed", None)
+    proto.__dict__.pop("is_open", None)
+
+
+# -- logging ------------------------------------------------------------------------------------
+
+
+class NoDebugLogger(Logger):
+    """A Logger without debug events, for the protocol's ``log`` attribute: Autobahn logs every
+    handshake whole at debug level (``Authorization: Bearer ...``, ``?token=...``), and a token
+    must never reach a log. Autobahn logs through ``self.log`` (undocumented)."""
+
+    def debug(self, format: str | None = None, **kwargs: object) -> None:
+        pass
+
+
+# -- the exit status ----------------------------------------------------------------------------
+
+
+def clear_exit_signal(reactor: Any) -> None:
+    """After an orderly shutdown: let twistd exit 0 instead of re-raising SIGTERM.
+
+    Private: the reactor records the signal that stopped it in ``_exitSignal``
+    (``twisted.internet.base._SignalReactorMixin``) and twistd's runner re-raises it after the
+    reactor stops, so a clean drain would end "killed by signal 15".
+    """
+    if getattr(reactor, "_exitSignal", None) is not None:
+        reactor._exitSignal = None

@@ -17,17 +17,27 @@ from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
-from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
-from twisted.internet import tcp
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from quoted.server.auth import Claims, TokenError, TokenVerifier
 from quoted.server.config import WebSocketConfig
-from quoted.server.edge import CLASS_DEFAULTS, trim
+from quoted.server.edge import (
+    PING_FRAME,
+    NoDebugLogger,
+    break_close_cycle,
+    close_frame_payload,
+    direct_socket,
+    install_class_defaults,
+    negotiated_deflate,
+    per_factory_protocol,
+    send_close,
+    trim,
+    write_frame,
+)
 from quoted.server.errors import not_websocket
 from quoted.server.hub import FanOutHub, Subscription
 from quoted.server.metrics import Metrics
@@ -76,10 +86,6 @@ from quoted.wire.symbols import normalize_symbols
 
 # this many client messages (or ping frames) refused in a row by the rate limit: close 4029
 MAX_REFUSED_IN_ROW = 20
-# kernel send buffer per connection: a stuck client pins at most this much
-# kernel memory, and a stall shows within a tick or two instead of after the
-# ~2.7 MB tcp_wmem autotuning would absorb
-SEND_BUFFER_BYTES = 64 * 1024
 # a client closed for slowness cannot read its close frame: drop it soon after
 SLOW_CLOSE_GRACE = 0.5
 
@@ -95,22 +101,12 @@ class Accepted:
     forbidden: tuple[str, ...]
 
 
-class NoDebugLogger(Logger):
-    """A Logger without debug events: Autobahn logs every handshake whole at debug level
-    (``Authorization: Bearer ...``, ``?token=...``), and a token must never reach a log."""
-
-    def debug(self, format: str | None = None, **kwargs: object) -> None:
-        pass
-
-
 @implementer(IPushProducer)
 class QuoteProtocol(WebSocketServerProtocol):
     """One client connection."""
 
     factory: QuoteFactory
     log = NoDebugLogger()
-    send_queue: Any = ()
-    trafficStats = TrafficStats()
 
     accepted: Accepted
     sub: Subscription | None = None
@@ -131,19 +127,12 @@ class QuoteProtocol(WebSocketServerProtocol):
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()
         transport.registerProducer(self, True)
-        if type(transport) is tcp.Server:  # plain TCP (not TLS): frames may go direct
-            sock = transport.socket
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-            self._sock = sock
+        self._sock = direct_socket(transport)  # plain TCP (not TLS): frames may go direct
         super().connectionMade()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
-        # Autobahn resolves is_closed with the protocol itself: a reference cycle that
-        # only a full garbage collection would free (a minute away: see
-        # quoted/collector.py). Broken here, a closed connection is freed at once.
-        self.__dict__.pop("is_closed", None)
-        self.__dict__.pop("is_open", None)
+        break_close_cycle(self)
 
     def dataReceived(self, data: bytes) -> None:
         live = self.live
@@ -201,8 +190,9 @@ class QuoteProtocol(WebSocketServerProtocol):
     def processControlFrame(self) -> bool:
         """A client's close frame with a bad payload gets 1002/1007 (Autobahn answers a one-byte
         payload as a normal close, and aborts the socket before its 1002/1007 frame leaves)."""
-        if self.current_frame.opcode == 8:
-            problem = close_payload_error(b"".join(self.control_frame_data or ()))
+        payload = close_frame_payload(self)
+        if payload is not None:
+            problem = close_payload_error(payload)
             if problem is not None:
                 self.close_with(*problem)
                 transport: Any = self.transport
@@ -365,7 +355,7 @@ class QuoteProtocol(WebSocketServerProtocol):
         """
         if self.state != WebSocketProtocol.STATE_OPEN:
             return 0
-        pmd = self._perMessageCompress
+        pmd = negotiated_deflate(self)
         if pmd is None:
             frame = text_frame(payload)
         else:
@@ -392,38 +382,20 @@ class QuoteProtocol(WebSocketServerProtocol):
         self._write(frame)
 
     def _write(self, frame: bytes) -> None:
-        """Send a frame now when nothing is queued before it; hand Twisted the rest.
-
-        Twisted's write() buffers every frame and sends it on the next loop turn
-        (a buffer append, two epoll_ctl calls and a doWrite per socket); when its
-        buffer is empty the frame can go straight to the kernel, in order, with one
-        send(). What the kernel does not take goes through Twisted as usual, so its
-        buffer, the push-producer pause and error handling stay in charge.
-        BENCHMARKS.md (stress vs baseline) has the measured effect.
-        """
-        t: Any = self.transport
-        sock = self._sock
-        if sock is not None and not t.dataBuffer and not t._tempDataBuffer and not t.disconnecting:
-            try:
-                sent = sock.send(frame)
-            except OSError:  # EAGAIN, or an error Twisted's write will meet and report
-                sent = 0
-            if sent == len(frame):
-                return
-            frame = frame[sent:]
-        t.write(frame)
+        """Send a frame now when nothing is queued before it (quoted.server.edge)."""
+        write_frame(self.transport, self._sock, frame)
 
     def send_ping(self) -> None:
         """A ping frame with an empty payload (Autobahn's sendPing costs ~10x more)."""
         if self.state == WebSocketProtocol.STATE_OPEN:
-            self._write(b"\x89\x00")
+            self._write(PING_FRAME)
 
     # -- closing --------------------------------------------------------------
 
     def close_with(self, code: int, reason: str) -> None:
         """Close with any code (Autobahn's sendClose allows only 1000 and 3000-4999)."""
         if self.state == WebSocketProtocol.STATE_OPEN:
-            self.sendCloseFrame(code=code, reasonUtf8=reason.encode(), isReply=False)
+            send_close(self, code, reason)
 
     def slow_consumer(self) -> None:
         """The hub gave up on this client: close 4008 (best effort) and drop the socket."""
@@ -439,8 +411,7 @@ class QuoteProtocol(WebSocketServerProtocol):
             transport.abortConnection()
 
 
-for _name, _value in CLASS_DEFAULTS.items():
-    setattr(QuoteProtocol, _name, _value)
+install_class_defaults(QuoteProtocol)
 
 
 class QuoteFactory(WebSocketServerFactory):
@@ -486,14 +457,14 @@ class QuoteFactory(WebSocketServerFactory):
             tcpNoDelay=True,
         )
         # Autobahn copies ~45 options onto every connection; a subclass per factory
-        # holds them once instead (about 1.3 KB a connection)
-        options = {name: getattr(self, name) for name in QuoteProtocol.CONFIG_ATTRS}
-        self.protocol = cast(
-            "type[QuoteProtocol]",
-            type("QuoteProtocol", (QuoteProtocol,), {**options, "CONFIG_ATTRS": ()}),
-        )
+        # holds them once instead (quoted.server.edge)
+        self.protocol = cast("type[QuoteProtocol]", per_factory_protocol(self, QuoteProtocol))
 
     def _accept_compression(self, offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
+        """Accept permessage-deflate through Autobahn's public accept; the compressing is
+        quoted's own (send_patch), not Autobahn's: its compressor runs only in sendMessage, at
+        level 6, where ``window_bits=``/``mem_level=`` here would tune it (quoted.server.edge,
+        negotiated_deflate, says why and what it measured)."""
         if not self.config.compression:
             return None
         for offer in offers:

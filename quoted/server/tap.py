@@ -13,6 +13,7 @@ from twisted.python import usage
 from quoted.server import logs
 from quoted.server.app import build
 from quoted.server.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from quoted.server.edge import clear_exit_signal
 from quoted.server.instruments import InstrumentError
 from quoted.wire.tokens import mint_token
 
@@ -67,11 +68,6 @@ def dev_banner(secret: bytes, listen: str, now: float) -> str:
     )
 
 
-def _exit_cleanly(reactor: Any) -> None:
-    if getattr(reactor, "_exitSignal", None) is not None:
-        reactor._exitSignal = None
-
-
 def makeService(options: dict[str, Any]) -> IService:
     from twisted.internet import reactor  # noqa: PLC0415 (the one place that touches the global reactor)
 
@@ -89,7 +85,7 @@ def makeService(options: dict[str, Any]) -> IService:
         sys.stdout.flush()
     # twistd re-raises the signal that stopped it, so a clean SIGTERM would end
     # the process "killed by signal 15"; after an orderly drain we exit 0
-    reactor.addSystemEventTrigger("after", "shutdown", _exit_cleanly, reactor)
+    reactor.addSystemEventTrigger("after", "shutdown", clear_exit_signal, reactor)
     # the listener opens while twistd starts the services, before the reactor
     # installs its own signal handlers: a SIGTERM in that window must still be a
     # clean stop, not the default death by signal

@@ -1,0 +1,320 @@
+"""quoted.server.edge: each private name of Twisted and Autobahn that quoted relies on, checked
+against the installed versions. A failure here means an upgrade changed an assumption: read the
+function's docstring in quoted/server/edge.py before changing anything else.
+
+Autobahn's side runs in memory (a StringTransport and a Clock); Twisted's TCP transport over a
+real loopback socket, since the direct write path is about the real one.
+"""
+
+from __future__ import annotations
+
+import gc
+import socket
+import struct
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from twisted.internet import defer, protocol, reactor, tcp
+from twisted.internet.base import ReactorBase
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from quoted.server import edge
+from quoted.wire.frames import text_frame
+
+HANDSHAKE = (
+    b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+DEFLATE_OFFER = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+
+
+def masked(opcode: int, payload: bytes) -> bytes:
+    """A client frame (masked with a zero key, so the payload stays readable)."""
+    assert len(payload) < 126
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + b"\0\0\0\0" + payload
+
+
+def accept_deflate(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            return PerMessageDeflateOfferAccept(offer, request_no_context_takeover=True)
+    return None
+
+
+def open_connection(
+    cls: type[WebSocketServerProtocol] = WebSocketServerProtocol, *, deflate: bool = False
+) -> tuple[Any, StringTransport]:
+    """A plain Autobahn server connection, opened in memory."""
+    factory = WebSocketServerFactory("ws://localhost/ws", reactor=Clock())
+    factory.protocol = cls
+    factory.setProtocolOptions(autoPingInterval=0, perMessageCompressionAccept=accept_deflate)
+    proto: Any = factory.buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    transport.registerProducer(proto, True)  # as QuoteProtocol does
+    proto.dataReceived(HANDSHAKE + (DEFLATE_OFFER if deflate else b"") + b"\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 101 "), transport.value()
+    assert proto.state == proto.STATE_OPEN
+    transport.clear()
+    return proto, transport
+
+
+# -- Autobahn -----------------------------------------------------------------------------------
+
+
+def test_every_class_default_is_set_per_connection_to_its_default() -> None:
+    """trim() drops a per-connection attribute only while it holds the class default: a name
+    Autobahn no longer sets, or sets to another value, would make the list stale."""
+    proto, _ = open_connection()
+    missing = [n for n in edge.CLASS_DEFAULTS if n not in proto.__dict__]
+    assert missing == []
+    changed = [n for n, v in edge.CLASS_DEFAULTS.items() if proto.__dict__[n] is not v]
+    assert changed == []
+
+
+def test_every_handshake_leftover_is_kept_per_connection() -> None:
+    proto, _ = open_connection()
+    assert [n for n in edge.HANDSHAKE_LEFTOVERS if n not in proto.__dict__] == []
+
+
+def test_trim_leaves_a_working_connection_with_a_smaller_dict() -> None:
+    class Trimmed(WebSocketServerProtocol):
+        received: list[bytes]
+
+        def onMessage(self, payload: bytes, isBinary: bool) -> None:
+            self.received.append(payload)
+
+    edge.install_class_defaults(Trimmed)
+    proto, transport = open_connection(Trimmed)
+    before = len(proto.__dict__)
+    edge.trim(proto)
+    assert len(proto.__dict__) < before - len(edge.HANDSHAKE_LEFTOVERS)
+    proto.received = []
+    proto.dataReceived(masked(0x1, b"hello"))
+    assert proto.received == [b"hello"]
+    proto.dataReceived(masked(0x9, b"p"))  # a ping is still answered
+    assert transport.value() == b"\x8a\x01p"
+
+
+def test_per_factory_protocol_holds_the_options_on_the_class() -> None:
+    assert "maxMessagePayloadSize" in WebSocketServerProtocol.CONFIG_ATTRS
+    factory = WebSocketServerFactory("ws://localhost/ws", reactor=Clock())
+    factory.setProtocolOptions(maxMessagePayloadSize=4096, autoPingInterval=0)
+    factory.protocol = edge.per_factory_protocol(factory, WebSocketServerProtocol)
+    proto: Any = factory.buildProtocol(None)
+    assert "maxMessagePayloadSize" not in proto.__dict__
+    assert proto.maxMessagePayloadSize == 4096
+
+
+def closed_connection() -> Any:
+    """An opened connection after connectionLost, its transport gone as Twisted's would be."""
+    proto, transport = open_connection()
+    transport.unregisterProducer()
+    proto.connectionLost(Failure(ConnectionDone()))
+    return proto
+
+
+def test_is_closed_holds_the_protocol_until_the_cycle_is_broken() -> None:
+    proto = closed_connection()
+    assert "is_closed" in proto.__dict__ and "is_open" in proto.__dict__
+    gc.disable()
+    try:
+        edge.break_close_cycle(proto)
+        ref = weakref.ref(proto)
+        del proto
+        assert ref() is None  # freed by reference counting alone
+    finally:
+        gc.enable()
+
+
+def test_a_closed_connection_without_the_break_needs_a_full_collection() -> None:
+    """The reason break_close_cycle exists: if this starts failing, Autobahn broke the cycle
+    itself and the workaround can go."""
+    proto = closed_connection()
+    gc.disable()
+    try:
+        ref = weakref.ref(proto)
+        del proto
+        assert ref() is not None
+    finally:
+        gc.enable()
+    gc.collect()
+    assert ref() is None
+
+
+@pytest.mark.parametrize("code", [1001, 1002, 1003, 1007, 1008, 4008])
+def test_send_close_sends_any_code(code: int) -> None:
+    proto, transport = open_connection()
+    edge.send_close(proto, code, "why")
+    assert transport.value() == b"\x88\x05" + struct.pack("!H", code) + b"why"
+    assert proto.state == proto.STATE_CLOSING
+
+
+def test_close_frame_payload_inside_process_control_frame() -> None:
+    seen: list[bytes | None] = []
+
+    class Watching(WebSocketServerProtocol):
+        def processControlFrame(self) -> bool:
+            seen.append(edge.close_frame_payload(self))
+            result: bool = super().processControlFrame()
+            return result
+
+    proto, _ = open_connection(Watching)
+    proto.dataReceived(masked(0x9, b"hi"))
+    proto.dataReceived(masked(0x8, b"\x03\xe8bye"))
+    assert seen == [None, b"\x03\xe8bye"]
+
+
+def test_negotiated_deflate() -> None:
+    plain, _ = open_connection()
+    assert edge.negotiated_deflate(plain) is None
+    proto, _ = open_connection(deflate=True)
+    pmd = edge.negotiated_deflate(proto)
+    assert pmd is not None
+    assert pmd.server_no_context_takeover is False
+
+
+def test_autobahn_logs_the_handshake_through_the_protocols_log_attribute() -> None:
+    """NoDebugLogger guards the token only while Autobahn's debug events go through
+    ``self.log``; and it drops debug events while keeping the others."""
+    debug_calls: list[str] = []
+
+    class Loud(WebSocketServerProtocol):
+        class log:
+            @staticmethod
+            def debug(format: str | None = None, **kwargs: object) -> None:
+                debug_calls.append(format or "")
+
+            info = warn = error = failure = debug
+
+    open_connection(Loud)
+    assert debug_calls, "Autobahn no longer logs through self.log: NoDebugLogger guards nothing"
+    events: list[dict[str, Any]] = []
+    quiet = edge.NoDebugLogger(observer=events.append)
+    quiet.debug("Authorization: Bearer {token}", token="eyJ...")
+    quiet.info("kept")
+    assert [e["log_format"] for e in events] == ["kept"]
+
+
+# -- Twisted ------------------------------------------------------------------------------------
+
+
+class _Collect(protocol.Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+        self.waiting: list[tuple[int, defer.Deferred[bytes]]] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        for n, d in list(self.waiting):
+            if len(self.data) >= n:
+                self.waiting.remove((n, d))
+                d.callback(self.data)
+
+    def until(self, n: int) -> defer.Deferred[bytes]:
+        d: defer.Deferred[bytes] = defer.Deferred()
+        self.waiting.append((n, d))
+        self.dataReceived(b"")
+        return d
+
+
+@pytest_twisted.async_yield_fixture
+async def tcp_pair() -> AsyncIterator[tuple[Any, _Collect]]:
+    """A real server-side tcp.Server transport and the client that reads it."""
+    accepted: defer.Deferred[Any] = defer.Deferred()
+
+    class Server(protocol.Protocol):
+        def connectionMade(self) -> None:
+            accepted.callback(self.transport)
+
+    port = reactor.listenTCP(0, protocol.Factory.forProtocol(Server), interface="127.0.0.1")
+    client = _Collect()
+    creator = protocol.ClientCreator(reactor, lambda: client)
+    connector = await creator.connectTCP("127.0.0.1", port.getHost().port)
+    transport = await accepted
+    yield transport, client
+    connector.transport.loseConnection()
+    transport.loseConnection()
+    await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_direct_socket_is_the_plain_tcp_socket_with_a_bounded_send_buffer(
+    tcp_pair: tuple[Any, _Collect],
+) -> None:
+    transport, _ = tcp_pair
+    assert type(transport) is tcp.Server
+    sock = edge.direct_socket(transport)
+    assert sock is transport.socket
+    # Linux doubles the value set (for bookkeeping): within that, not the 2.7 MB autotuned
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) <= 2 * edge.SEND_BUFFER_BYTES
+    assert edge.direct_socket(StringTransport()) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_tcp_transport_has_the_two_write_buffers(
+    tcp_pair: tuple[Any, _Collect],
+) -> None:
+    transport, _ = tcp_pair
+    assert transport.dataBuffer == b""
+    assert transport._tempDataBuffer == []
+    assert not transport.disconnecting
+    transport.write(b"queued")  # written on the next loop turn: held in a buffer until then
+    assert transport.dataBuffer or transport._tempDataBuffer
+
+
+@pytest_twisted.ensureDeferred
+async def test_write_frame_goes_direct_when_nothing_is_queued(
+    tcp_pair: tuple[Any, _Collect],
+) -> None:
+    transport, client = tcp_pair
+    sock = edge.direct_socket(transport)
+    frame = text_frame(b'{"type":"pong"}')
+    edge.write_frame(transport, sock, frame)
+    assert (transport.dataBuffer, transport._tempDataBuffer) == (b"", [])  # the kernel has it
+    assert await client.until(len(frame)) == frame
+
+
+@pytest_twisted.ensureDeferred
+async def test_write_frame_keeps_the_order_behind_queued_bytes(
+    tcp_pair: tuple[Any, _Collect],
+) -> None:
+    transport, client = tcp_pair
+    sock = edge.direct_socket(transport)
+    transport.write(b"first,")
+    edge.write_frame(transport, sock, b"second")
+    assert await client.until(12) == b"first,second"
+
+
+def test_the_reactor_records_its_exit_signal() -> None:
+    assert "_exitSignal" in vars(ReactorBase)
+    assert getattr(reactor, "_exitSignal", "absent") in (None, 15, 2, 1)
+
+    class Stopped:
+        _exitSignal: int | None = 15
+
+    stopped = Stopped()
+    edge.clear_exit_signal(stopped)
+    assert stopped._exitSignal is None
+    edge.clear_exit_signal(object())  # a reactor without it: nothing to do
+
+
+def test_twistd_re_raises_the_recorded_signal() -> None:
+    """clear_exit_signal exists because twistd's runner copies the reactor's _exitSignal after
+    the reactor stops and kills the process with it (tests/server/test_process.py proves the
+    exit status 0 after SIGTERM end to end)."""
+    import inspect
+
+    from twisted.application import app
+    from twisted.scripts import twistd
+
+    assert "reactor._exitSignal" in inspect.getsource(app.ApplicationRunner)
+    assert "_exitWithSignal(runner._exitSignal)" in inspect.getsource(twistd)
