@@ -93,7 +93,7 @@ def build(config: Config, reactor: Any, *, secret: bytes | None = None) -> Quote
     verifier = TokenVerifier.from_config(config.auth, reactor, secret, keyset)
     ws = config.websocket
     collector = GarbageCollector(reactor, metrics)
-    hub = FanOutHub(reactor, metrics, ws.circuit_breaker_threshold, collector)
+    hub = FanOutHub(reactor, metrics, ws.circuit_breaker_threshold, listeners=[collector])
     pool = ConnectionPool(reactor, ws)
     bridge: RedisBridge | None = None
     if config.redis.enabled:

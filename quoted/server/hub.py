@@ -19,7 +19,6 @@ from typing import Protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from quoted.server.collector import GarbageCollector
 from quoted.server.metrics import Metrics
 from quoted.server.store import Entry, Quote
 from quoted.wire.messages import json_text
@@ -35,6 +34,15 @@ class Connection(Protocol):
 
     def slow_consumer(self) -> None:
         """Close the connection with 4008: it did not drain for too long."""
+
+
+class BroadcastListener(Protocol):
+    """Told when a tick's fan-out starts and when its messages are all written (the garbage
+    collector collects after a broadcast, never during one)."""
+
+    def broadcast_started(self) -> None: ...
+
+    def broadcast_finished(self) -> None: ...
 
 
 class Subscription:
@@ -73,10 +81,12 @@ class FanOutHub:
         clock: IReactorTime,
         metrics: Metrics,
         breaker_threshold: int,
-        collector: GarbageCollector | None = None,
+        *,
+        listeners: Sequence[BroadcastListener] = (),
     ) -> None:
+        """Each of ``listeners`` is told when a tick's fan-out starts and ends."""
         self._clock = clock
-        self._collector = collector
+        self._listeners = tuple(listeners)
         self._metrics = metrics
         self._threshold = breaker_threshold
         self._subscribers: dict[Entry, set[Subscription]] = {}
@@ -221,9 +231,9 @@ class FanOutHub:
         if not touched:
             return
         oldest_ms = min(q.last_updated_ms for q in quotes)
-        collector = self._collector
-        if collector is not None:
-            collector.broadcasting = True
+        listeners = self._listeners
+        for listener in listeners:
+            listener.broadcast_started()
         flush = self._flush
         for sub in touched:
             if sub.paused:
@@ -231,9 +241,8 @@ class FanOutHub:
             else:
                 flush(sub)
         self._report()
-        if collector is not None:
-            collector.broadcasting = False
-            collector.after_broadcast()
+        for listener in listeners:
+            listener.broadcast_finished()
         # once per tick: from when the tick's prices were computed to when its
         # last message was written (the latency of the last client served)
         self._metrics.fanout_latency.observe(max(0.0, self._clock.seconds() - oldest_ms / 1000.0))
