@@ -13,7 +13,7 @@ could not take, it is closed with 4008.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
@@ -34,6 +34,16 @@ class Connection(Protocol):
 
     def slow_consumer(self) -> None:
         """Close the connection with 4008: it did not drain for too long."""
+
+
+class Follower(Protocol):
+    """What the hub tells of which entries are used here (the Redis bridge follows them)."""
+
+    def follow(self, entry: Entry) -> None:
+        """The entry got its first subscriber."""
+
+    def unfollow(self, entry: Entry) -> None:
+        """The entry lost its last subscriber."""
 
 
 class BroadcastListener(Protocol):
@@ -82,10 +92,13 @@ class FanOutHub:
         metrics: Metrics,
         breaker_threshold: int,
         *,
+        follower: Follower | None = None,
         listeners: Sequence[BroadcastListener] = (),
     ) -> None:
-        """Each of ``listeners`` is told when a tick's fan-out starts and ends."""
+        """``follower`` is told when an entry gets its first subscriber and loses its last;
+        each of ``listeners`` when a tick's fan-out starts and ends."""
         self._clock = clock
+        self._follower = follower
         self._listeners = tuple(listeners)
         self._metrics = metrics
         self._threshold = breaker_threshold
@@ -93,9 +106,6 @@ class FanOutHub:
         self.subscriptions: set[Subscription] = set()
         # counted during a tick, reported to the metrics once at its end
         self._messages = self._bytes = self._delivered = self._conflated = 0
-        # called when an entry gets its first subscriber / loses its last (the Redis bridge)
-        self.on_first: Callable[[Entry], None] | None = None
-        self.on_last: Callable[[Entry], None] | None = None
 
     # -- membership ---------------------------------------------------------
 
@@ -183,8 +193,8 @@ class FanOutHub:
             subs = self._subscribers.get(e)
             if subs is None:
                 subs = self._subscribers[e] = set()
-                if self.on_first is not None:
-                    self.on_first(e)
+                if self._follower is not None:
+                    self._follower.follow(e)
             subs.add(sub)
             sub.sent[e] = 0
             n += 1
@@ -206,8 +216,8 @@ class FanOutHub:
                 subs.discard(sub)
                 if not subs:
                     del self._subscribers[e]
-                    if self.on_last is not None:
-                        self.on_last(e)
+                    if self._follower is not None:
+                        self._follower.unfollow(e)
         if n:
             self._metrics.subscriptions.dec(n)
             self._metrics.active_symbols.set(len(self._subscribers))

@@ -626,6 +626,19 @@ class Recorder:
         self.events.append(("finished", len(self.conn.raw) if self.conn else None))
 
 
+def test_the_follower_hears_of_each_first_and_last_subscriber() -> None:
+    w = World()
+    follower = Recorder()
+    w.hub = FanOutHub(w.clock, w.metrics, 5, follower=follower)
+    a, _ = w.connect("AAPL", "MSFT")
+    b, _ = w.connect("MSFT", "GOOGL")
+    assert follower.events == [("follow", "AAPL"), ("follow", "MSFT"), ("follow", "GOOGL")]
+    w.hub.unsubscribe(a, w.entries("MSFT"))  # b still holds it
+    w.hub.close(b)
+    w.hub.subscribe(a, w.entries("TSLA"))
+    assert follower.events[3:] == [("unfollow", "MSFT"), ("unfollow", "GOOGL"), ("follow", "TSLA")]
+
+
 def test_listeners_hear_a_broadcast_start_before_its_messages_and_end_after() -> None:
     w = World()
     conn = FakeConn()
