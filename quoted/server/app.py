@@ -28,7 +28,7 @@ from quoted.server.metrics import Metrics
 from quoted.server.pool import ConnectionPool
 from quoted.server.protocol import QuoteFactory
 from quoted.server.ratelimit import IPRateLimiter
-from quoted.server.store import Entry, QuoteStore
+from quoted.server.store import Entry, Quote, QuoteStore
 from quoted.server.web import Router, make_site
 
 if TYPE_CHECKING:
@@ -93,18 +93,24 @@ def build(config: Config, reactor: Any, *, secret: bytes | None = None) -> Quote
     verifier = TokenVerifier.from_config(config.auth, reactor, secret, keyset)
     ws = config.websocket
     collector = GarbageCollector(reactor, metrics)
-    hub = FanOutHub(reactor, metrics, ws.circuit_breaker_threshold, collector)
-    pool = ConnectionPool(reactor, ws)
     bridge: RedisBridge | None = None
     if config.redis.enabled:
         # imported here: txredisapi imports the global reactor, which must not happen before
         # twistd installs its own
         from quoted.server.cluster.bridge import RedisBridge  # noqa: PLC0415
 
+        # The bridge publishes into the hub, and the hub tells the bridge which symbols are
+        # used (it is the hub's follower): the bridge comes first, and reaches the hub, built
+        # next, through this function, which it calls only once running.
+        def publish(quotes: list[Quote]) -> None:
+            hub.publish(quotes)
+
         # peers share one price source: the oscillator ticks only on the lease holder
-        bridge = RedisBridge(reactor, config.redis, store, hub, metrics)
-        hub.on_first = bridge.follow
-        hub.on_last = bridge.unfollow
+        bridge = RedisBridge(reactor, config.redis, store, publish, metrics)
+    hub = FanOutHub(
+        reactor, metrics, ws.circuit_breaker_threshold, follower=bridge, listeners=[collector]
+    )
+    pool = ConnectionPool(reactor, ws)
 
     def active() -> list[Entry]:
         return hub.active() if bridge is None else bridge.movable()
@@ -129,13 +135,13 @@ def build(config: Config, reactor: Any, *, secret: bytes | None = None) -> Quote
     factory = QuoteFactory(reactor, ws, store, hub, pool, verifier, metrics)
     limiter = IPRateLimiter(reactor, ws.handshake_rate_per_ip)
     gate = Gate(factory, config.server, ws, store, pool, verifier, limiter, metrics)
-    router = Router(gate, store, pool, verifier, metrics)
+    router = Router(
+        gate, store, pool, verifier, metrics, None if bridge is None else bridge.readiness
+    )
     site = make_site(router, reactor)
     if bridge is None:
         metrics.broker_up.set(1)
         metrics.feed_leader.set(1)
-    else:
-        router.broker_readiness = bridge.readiness
 
     parts = Parts(store, hub, pool, verifier, metrics, oscillator, factory, bridge)
     service = QuotedService(parts, config.server.shutdown_timeout)

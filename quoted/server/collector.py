@@ -18,35 +18,46 @@ import gc
 import time
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from quoted.server.metrics import Metrics
+from quoted.server.timers import Periodic
 
 YOUNG_EVERY = 1.0  # seconds between collections of generations 0 and 1
 FULL_EVERY = 60.0  # at least this long between full collections
 IDLE_FULL_EVERY = 300.0  # a full collection at least this often, broadcasts or not
 
 
-class GarbageCollector(Service):
-    """Owns the gc module while running; restores automatic collection on stop."""
+class GarbageCollector(MultiService):
+    """Owns the gc module while running; restores automatic collection on stop.
+
+    The hub tells it when a broadcast starts and ends (it is one of the hub's broadcast
+    listeners: :meth:`broadcast_started`, :meth:`broadcast_finished`).
+    """
 
     log = Logger()
 
     def __init__(self, clock: IReactorTime, metrics: Metrics) -> None:
+        super().__init__()
         self._clock = clock
         self._metrics = metrics
-        self._loop: LoopingCall | None = None
         self._started: float | None = None
         self._last_full = 0.0
         self._was_enabled = True
         self.broadcasting = False
+        Periodic(
+            clock,
+            YOUNG_EVERY,
+            self.collect_young,
+            failed="garbage collection loop stopped",
+            log_id="quoted.collector.failed",
+            log=self.log,
+        ).setServiceParent(self)
 
     def startService(self) -> None:
-        super().startService()
         self._was_enabled = gc.isenabled()
         gc.collect()
         gc.freeze()  # what start-up built lives as long as the process
@@ -54,24 +65,16 @@ class GarbageCollector(Service):
         gc.callbacks.append(self._timed)
         self._metrics.tracked_objects.set_function(lambda: len(gc.get_objects()))
         self._last_full = self._clock.seconds()
-        self._loop = LoopingCall(self.collect_young)
-        self._loop.clock = self._clock
-        self._loop.start(YOUNG_EVERY, now=False).addErrback(self._failed)
+        super().startService()  # the young collections' timer
 
-    def stopService(self) -> None:
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+    def stopService(self) -> Deferred[object]:
+        d: Deferred[object] = super().stopService()  # collect_young never waits: stopped now
         if self._timed in gc.callbacks:
             gc.callbacks.remove(self._timed)
         gc.unfreeze()
         if self._was_enabled:
             gc.enable()
-
-    def _failed(self, failure: Failure) -> None:
-        self.log.failure(
-            "garbage collection loop stopped", failure, log_id="quoted.collector.failed"
-        )
+        return d
 
     def collect_young(self) -> None:
         """The young generations; the oldest too when no broadcast came for a long while
@@ -82,8 +85,18 @@ class GarbageCollector(Service):
         else:
             gc.collect(1)
 
+    def broadcast_started(self) -> None:
+        """The hub is about to write a tick's messages."""
+        self.broadcasting = True
+
+    def broadcast_finished(self) -> None:
+        """The hub has written a tick's messages."""
+        self.broadcasting = False
+        self.after_broadcast()
+
     def after_broadcast(self) -> None:
-        """Called by the hub when a tick's messages are all written."""
+        """A full collection when the last one is FULL_EVERY seconds old: right after a
+        broadcast, when the next tick is furthest away."""
         now = self._clock.seconds()
         if now - self._last_full >= FULL_EVERY:
             self._last_full = now

@@ -13,13 +13,12 @@ could not take, it is closed with 4008.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from quoted.server.collector import GarbageCollector
 from quoted.server.metrics import Metrics
 from quoted.server.store import Entry, Quote
 from quoted.wire.messages import json_text
@@ -35,6 +34,25 @@ class Connection(Protocol):
 
     def slow_consumer(self) -> None:
         """Close the connection with 4008: it did not drain for too long."""
+
+
+class Follower(Protocol):
+    """What the hub tells of which entries are used here (the Redis bridge follows them)."""
+
+    def follow(self, entry: Entry) -> None:
+        """The entry got its first subscriber."""
+
+    def unfollow(self, entry: Entry) -> None:
+        """The entry lost its last subscriber."""
+
+
+class BroadcastListener(Protocol):
+    """Told when a tick's fan-out starts and when its messages are all written (the garbage
+    collector collects after a broadcast, never during one)."""
+
+    def broadcast_started(self) -> None: ...
+
+    def broadcast_finished(self) -> None: ...
 
 
 class Subscription:
@@ -73,19 +91,21 @@ class FanOutHub:
         clock: IReactorTime,
         metrics: Metrics,
         breaker_threshold: int,
-        collector: GarbageCollector | None = None,
+        *,
+        follower: Follower | None = None,
+        listeners: Sequence[BroadcastListener] = (),
     ) -> None:
+        """``follower`` is told when an entry gets its first subscriber and loses its last;
+        each of ``listeners`` when a tick's fan-out starts and ends."""
         self._clock = clock
-        self._collector = collector
+        self._follower = follower
+        self._listeners = tuple(listeners)
         self._metrics = metrics
         self._threshold = breaker_threshold
         self._subscribers: dict[Entry, set[Subscription]] = {}
         self.subscriptions: set[Subscription] = set()
         # counted during a tick, reported to the metrics once at its end
         self._messages = self._bytes = self._delivered = self._conflated = 0
-        # called when an entry gets its first subscriber / loses its last (the Redis bridge)
-        self.on_first: Callable[[Entry], None] | None = None
-        self.on_last: Callable[[Entry], None] | None = None
 
     # -- membership ---------------------------------------------------------
 
@@ -173,8 +193,8 @@ class FanOutHub:
             subs = self._subscribers.get(e)
             if subs is None:
                 subs = self._subscribers[e] = set()
-                if self.on_first is not None:
-                    self.on_first(e)
+                if self._follower is not None:
+                    self._follower.follow(e)
             subs.add(sub)
             sub.sent[e] = 0
             n += 1
@@ -196,8 +216,8 @@ class FanOutHub:
                 subs.discard(sub)
                 if not subs:
                     del self._subscribers[e]
-                    if self.on_last is not None:
-                        self.on_last(e)
+                    if self._follower is not None:
+                        self._follower.unfollow(e)
         if n:
             self._metrics.subscriptions.dec(n)
             self._metrics.active_symbols.set(len(self._subscribers))
@@ -221,9 +241,9 @@ class FanOutHub:
         if not touched:
             return
         oldest_ms = min(q.last_updated_ms for q in quotes)
-        collector = self._collector
-        if collector is not None:
-            collector.broadcasting = True
+        listeners = self._listeners
+        for listener in listeners:
+            listener.broadcast_started()
         flush = self._flush
         for sub in touched:
             if sub.paused:
@@ -231,9 +251,8 @@ class FanOutHub:
             else:
                 flush(sub)
         self._report()
-        if collector is not None:
-            collector.broadcasting = False
-            collector.after_broadcast()
+        for listener in listeners:
+            listener.broadcast_finished()
         # once per tick: from when the tick's prices were computed to when its
         # last message was written (the latency of the last client served)
         self._metrics.fanout_latency.observe(max(0.0, self._clock.seconds() - oldest_ms / 1000.0))

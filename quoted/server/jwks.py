@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import jwt
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import TimeoutError as TwistedTimeoutError
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, ResponseDone
@@ -39,6 +38,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 
 from quoted.server.keys import algorithms_for
+from quoted.server.timers import Periodic
 
 FETCH_TIMEOUT: Final = 10.0
 REFRESH_INTERVAL: Final = 3600.0
@@ -146,8 +146,12 @@ class _BoundedBody(Protocol):
             self.done.errback(FetchError("the connection ended before the body was whole"))
 
 
-class KeySetService(Service):
-    """Fetches and caches the JWK Set of ``url``; see the module docstring."""
+class KeySetService(MultiService):
+    """Fetches and caches the JWK Set of ``url``; see the module docstring.
+
+    The fetches at start and every ``refresh_interval`` are a child timer (first call at once);
+    a refresh waits for the fetch it started, which never fails.
+    """
 
     log = Logger()
 
@@ -161,10 +165,10 @@ class KeySetService(Service):
         unknown_kid_interval: float = UNKNOWN_KID_INTERVAL,
         tls_policy: IPolicyForHTTPS | None = None,
     ) -> None:
+        super().__init__()
         self._reactor = reactor
         self._url = url.encode("ascii")
         self._timeout = timeout
-        self._refresh_interval = refresh_interval
         self._unknown_kid_interval = unknown_kid_interval
         policy = tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS()
         self._agent = Agent(reactor, contextFactory=policy, connectTimeout=timeout)
@@ -173,7 +177,15 @@ class KeySetService(Service):
         self.failures = 0
         self._last_unknown_kid_fetch = float("-inf")
         self._inflight: Deferred[None] | None = None
-        self._loop: LoopingCall | None = None
+        Periodic(
+            reactor,
+            refresh_interval,
+            self.fetch,
+            failed="JWKS refresh stopped",
+            log_id="quoted.jwks.refresh_stopped",
+            log=self.log,
+            now=True,
+        ).setServiceParent(self)
         self.on_loaded: Callable[[KeySet], None] | None = None
 
     def __repr__(self) -> str:
@@ -183,23 +195,12 @@ class KeySetService(Service):
     def loaded(self) -> bool:
         return self.keys is not None
 
-    def startService(self) -> None:
-        super().startService()
-        self.fetch()
-        self._loop = LoopingCall(self.fetch)
-        self._loop.clock = self._reactor
-        self._loop.start(self._refresh_interval, now=False).addErrback(self._loop_failed)
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+    def stopService(self) -> Deferred[object]:
+        """Stop refreshing and cancel the fetch in flight; fires once the timer has ended."""
+        d: Deferred[object] = super().stopService()
         if self._inflight is not None:
             self._inflight.cancel()
-        return None
-
-    def _loop_failed(self, failure: Failure) -> None:
-        self.log.failure("JWKS refresh stopped", failure, log_id="quoted.jwks.refresh_stopped")
+        return d
 
     def refresh_for_unknown_kid(self) -> Deferred[None] | None:
         """A fetch for a token whose kid is unknown: the one in flight, a new one, or None

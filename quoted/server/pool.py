@@ -1,6 +1,6 @@
 """The open connections: limits, liveness (pings, idle timeout) and draining.
 
-One sweep (a LoopingCall on the injected clock) serves every connection:
+One sweep (a :class:`~quoted.server.timers.Periodic` on the injected clock) serves every connection:
 no timer per connection, so timers do not grow with clients. Each connection
 gets its first ping at a random point within the first interval, so clients
 that reconnected together are not pinged together.
@@ -13,14 +13,13 @@ import random
 from collections import Counter
 from typing import Protocol
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from quoted.server.config import WebSocketConfig
+from quoted.server.timers import Periodic
 from quoted.wire.closecodes import CLOSE_GOING_AWAY, CLOSE_POLICY
 
 
@@ -60,14 +59,16 @@ class Liveness:
         self.ping_outstanding = False
 
 
-class ConnectionPool(Service):
-    """Every open WebSocket connection, and the sweep that keeps them honest."""
+class ConnectionPool(MultiService):
+    """Every open WebSocket connection, and the sweep that keeps them honest (a child timer,
+    every :meth:`sweep_step` seconds, the first one step after start)."""
 
     log = Logger()
 
     def __init__(
         self, clock: IReactorTime, config: WebSocketConfig, rng: random.Random | None = None
     ) -> None:
+        super().__init__()
         self._clock = clock
         self._config = config
         self._rng = rng or random.Random()
@@ -76,7 +77,6 @@ class ConnectionPool(Service):
         # handshakes accepted whose connection has not closed yet
         self.reserved = 0
         self.draining = False
-        self._sweep: LoopingCall | None = None
         self._step = self.sweep_step()
         period = min(config.health_check_interval, config.idle_timeout)
         self._wheel: list[set[Liveness]] = [
@@ -85,6 +85,14 @@ class ConnectionPool(Service):
         self._origin = clock.seconds()
         self._next = 1  # the next sweep
         self._closed: dict[Liveness, Deferred[None]] = {}
+        Periodic(
+            clock,
+            self._step,
+            self.sweep,
+            failed="the connection sweep stopped",
+            log_id="quoted.pool.sweep_failed",
+            log=self.log,
+        ).setServiceParent(self)
 
     # -- limits -------------------------------------------------------------
 
@@ -128,15 +136,6 @@ class ConnectionPool(Service):
         """How often the sweep runs: a tenth of the shortest timeout, 50 ms to 1 s."""
         shortest = min(self._config.health_check_interval, self._config.idle_timeout)
         return max(0.05, min(1.0, shortest / 10))
-
-    def startService(self) -> None:
-        super().startService()
-        self._sweep = LoopingCall(self.sweep)
-        self._sweep.clock = self._clock
-        self._sweep.start(self._step, now=False).addErrback(self._sweep_failed)
-
-    def _sweep_failed(self, failure: Failure) -> None:
-        self.log.failure("the connection sweep stopped", failure, log_id="quoted.pool.sweep_failed")
 
     def _place(self, live: Liveness) -> None:
         """Put a connection in the wheel slot of the first sweep at or after it is due:
@@ -220,9 +219,3 @@ class ConnectionPool(Service):
         for live in left:
             live.conn.abort()
         done.callback(None)
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self._sweep is not None and self._sweep.running:
-            self._sweep.stop()
-        return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -23,7 +23,16 @@ from functools import lru_cache
 from quoted.server.instruments import Instrument, InstrumentError
 from quoted.wire.symbols import escape_pointer
 
-__all__ = ["Entry", "Quote", "QuoteStore", "format_number", "format_time_ms", "round2"]
+__all__ = [
+    "Entry",
+    "PriceAt",
+    "Quote",
+    "QuoteStore",
+    "apply_prices",
+    "format_number",
+    "format_time_ms",
+    "round2",
+]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -296,6 +305,27 @@ class Entry:
 
     def __repr__(self) -> str:
         return f"<Entry {self.symbol} #{self.index} v{self.latest.version}>"
+
+
+PriceAt = tuple[Entry, float, int]
+"""A new price for an entry and the millisecond it was computed at."""
+
+
+def apply_prices(prices: Iterable[PriceAt], publish: Callable[[list[Quote]], None]) -> list[Quote]:
+    """Set each entry's price (:meth:`Entry.set`), then hand the quotes that moved to
+    ``publish`` as one batch (not called when none moved); returns them.
+
+    The one way a batch of prices goes into the store, whoever decided them (the simulator, a
+    peer through Redis, this process through Redis), so a tick is published once.
+    """
+    quotes: list[Quote] = []
+    for e, price, at_ms in prices:
+        q = e.set(price, at_ms)
+        if q is not None:
+            quotes.append(q)
+    if quotes:
+        publish(quotes)
+    return quotes
 
 
 class QuoteStore:

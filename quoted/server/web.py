@@ -66,6 +66,7 @@ class Router(Resource):
         pool: ConnectionPool,
         verifier: TokenVerifier,
         metrics: Metrics,
+        broker_readiness: Callable[[], tuple[int, dict[str, str]] | None] | None = None,
     ) -> None:
         super().__init__()
         self.gate = gate
@@ -75,7 +76,7 @@ class Router(Resource):
         self.metrics = metrics
         self.metrics_resource = MetricsResource(registry=metrics.registry)
         # quoted.server.cluster.bridge's readiness: (status, body) while Redis is not up, else None
-        self.broker_readiness: Callable[[], tuple[int, dict[str, str]] | None] | None = None
+        self.broker_readiness = broker_readiness
         self.routes: dict[bytes, Callable[[Request], bytes | int]] = {
             b"/ws/quotes": self.gate.handshake,
             b"/v1/quotes": self.authenticated(self.quotes),

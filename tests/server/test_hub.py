@@ -601,3 +601,53 @@ HubMachine.TestCase.settings = settings(
 ExactHubMachine.TestCase.settings = HubMachine.TestCase.settings
 test_hub_state_machine = HubMachine.TestCase
 test_hub_state_machine_exact_operations = ExactHubMachine.TestCase
+
+
+# -- hooks given at construction ----------------------------------------------------------------
+
+
+class Recorder:
+    """A follower and a broadcast listener: records what the hub tells it, in order."""
+
+    def __init__(self, conn: FakeConn | None = None) -> None:
+        self.conn = conn
+        self.events: list[tuple[str, object]] = []
+
+    def follow(self, entry: Entry) -> None:
+        self.events.append(("follow", entry.symbol))
+
+    def unfollow(self, entry: Entry) -> None:
+        self.events.append(("unfollow", entry.symbol))
+
+    def broadcast_started(self) -> None:
+        self.events.append(("started", len(self.conn.raw) if self.conn else None))
+
+    def broadcast_finished(self) -> None:
+        self.events.append(("finished", len(self.conn.raw) if self.conn else None))
+
+
+def test_the_follower_hears_of_each_first_and_last_subscriber() -> None:
+    w = World()
+    follower = Recorder()
+    w.hub = FanOutHub(w.clock, w.metrics, 5, follower=follower)
+    a, _ = w.connect("AAPL", "MSFT")
+    b, _ = w.connect("MSFT", "GOOGL")
+    assert follower.events == [("follow", "AAPL"), ("follow", "MSFT"), ("follow", "GOOGL")]
+    w.hub.unsubscribe(a, w.entries("MSFT"))  # b still holds it
+    w.hub.close(b)
+    w.hub.subscribe(a, w.entries("TSLA"))
+    assert follower.events[3:] == [("unfollow", "MSFT"), ("unfollow", "GOOGL"), ("follow", "TSLA")]
+
+
+def test_listeners_hear_a_broadcast_start_before_its_messages_and_end_after() -> None:
+    w = World()
+    conn = FakeConn()
+    listeners = [Recorder(conn), Recorder(conn)]
+    w.hub = FanOutHub(w.clock, w.metrics, 5, listeners=listeners)
+    sub = w.hub.open(conn)
+    w.hub.snapshot(sub, w.entries("AAPL"), [], [])
+    assert all(r.events == [] for r in listeners)  # a snapshot is no broadcast
+    w.tick("MSFT")  # nobody subscribed: no broadcast
+    assert all(r.events == [] for r in listeners)
+    w.tick("AAPL")
+    assert [r.events for r in listeners] == [[("started", 1), ("finished", 2)]] * 2

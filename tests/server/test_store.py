@@ -18,6 +18,7 @@ from quoted.server.store import (
     Entry,
     Quote,
     QuoteStore,
+    apply_prices,
     format_number,
     format_time_ms,
     round2,
@@ -412,3 +413,22 @@ def test_empty_store() -> None:
 def test_store_rejects(instruments: list[Instrument], want: str) -> None:
     with pytest.raises(InstrumentError, match=want.replace(".", r"\.")):
         QuoteStore(instruments, T0)
+
+
+def test_apply_prices_sets_then_publishes_the_moved_quotes_once() -> None:
+    store = QuoteStore(builtin_instruments(), 0)
+    aapl, msft, googl = (store.lookup(s) for s in ("AAPL", "MSFT", "GOOGL"))
+    assert aapl is not None and msft is not None and googl is not None
+    unchanged = (googl, googl.latest.current_price, googl.latest.last_updated_ms)
+    batches: list[list[Quote]] = []
+    quotes = apply_prices([(aapl, 101.234, 1000), unchanged, (msft, 300.0, 1000)], batches.append)
+    assert batches == [quotes]
+    assert [(q.entry, q.current_price, q.version) for q in quotes] == [
+        (aapl, 101.23, 2),
+        (msft, 300.0, 2),
+    ]
+    assert aapl.latest is quotes[0] and googl.latest.version == 1
+    # nothing moved: nothing published
+    assert apply_prices([(aapl, 101.23, 1000), unchanged], batches.append) == []
+    assert apply_prices([], batches.append) == []
+    assert len(batches) == 1

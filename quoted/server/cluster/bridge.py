@@ -11,8 +11,9 @@ with jitter). What it does (quoted.server.cluster.lease holds the keys, scripts 
   process's token, then writes ``fence ms price`` to the quotes hash and publishes it on the
   symbol's channel. The leader applies the tick once the script said yes; the others apply what
   arrives on the channels. Both go through :meth:`apply`: newer (fence, ms) only, with
-  ``Entry.set``, so every process builds the same bytes, and one ``hub.publish`` per batch.
-- **Follow.** The hub calls :meth:`follow` when a symbol gets its first local subscriber: the
+  ``apply_prices``, so every process builds the same bytes, and one ``publish`` per batch.
+- **Follow.** The hub (the bridge is its follower) calls :meth:`follow` when a symbol gets its
+  first local subscriber: the
   bridge SUBSCRIBEs to its channel, then reads it with HMGET and applies it if newer. Every
   second it UNSUBSCRIBEs, in one command, the symbols nobody here uses any more and scores this
   process's symbols in the interest ZSET 5 s ahead; every 2 s it re-reads the followed symbols
@@ -33,11 +34,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import txredisapi
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -56,9 +56,9 @@ from quoted.server.cluster.lease import (
     root_failure,
 )
 from quoted.server.config import RedisConfig
-from quoted.server.hub import FanOutHub
 from quoted.server.metrics import Metrics
-from quoted.server.store import Entry, Quote, QuoteStore, round2
+from quoted.server.store import Entry, PriceAt, Quote, QuoteStore, apply_prices, round2
+from quoted.server.timers import Periodic
 
 __all__ = ["RedisBridge"]
 
@@ -72,8 +72,12 @@ Move = tuple[Entry, float]
 Read = tuple[list[tuple[Entry, Shared]], list[Entry]]  # present, missing
 
 
-class RedisBridge(Service):
-    """The lease, the fenced publish and the following of used symbols (module docstring)."""
+class RedisBridge(MultiService):
+    """The lease, the fenced publish and the following of used symbols (module docstring).
+
+    Its periodic jobs are child timers, each first one period after start: the lease every
+    ``lease_ttl / 3``, the upkeep every UPKEEP_EVERY, the PING every PING_EVERY.
+    """
 
     log = Logger()
 
@@ -82,11 +86,15 @@ class RedisBridge(Service):
         reactor: Any,
         config: RedisConfig,
         store: QuoteStore,
-        hub: FanOutHub,
+        publish: Callable[[list[Quote]], None],
         metrics: Metrics,
         *,
         token: str | None = None,
     ) -> None:
+        """``publish`` delivers each applied batch of quotes (the hub's publish); it is called
+        only while the bridge runs. The hub tells the bridge which entries are used here
+        (:meth:`follow`, :meth:`unfollow`): the bridge is the hub's follower."""
+        super().__init__()
         self._reactor = reactor
         self._target = parse_url(config.url)
         self._keys = Keys.of(config.prefix)
@@ -94,7 +102,7 @@ class RedisBridge(Service):
         token = token if token is not None else secrets.token_hex(16)
         self._lease = FeedLease(self._seconds, self._ttl, self._keys, token, self._new_leader)
         self._store = store
-        self._hub = hub
+        self._publish_quotes = publish
         self._metrics = metrics
         self._cmd_factory: CommandFactory | None = None
         self._sub_factory: SubscriberFactory | None = None
@@ -105,14 +113,27 @@ class RedisBridge(Service):
         self._resyncing = False
         self._local_feed = False  # led when Redis went away: ticks locally until it returns
         self._union: list[Entry] = []
-        self._used: set[Entry] = set()  # entries with local subscribers (the hub's hooks)
+        # entries with local subscribers, in the hub's order (its follow/unfollow calls)
+        self._used: dict[Entry, None] = {}
         self._followed: set[Entry] = set()  # entries whose channel is subscribed
         self._to_follow: set[Entry] = set()
         self._applied: dict[Entry, Stamp] = {}
         self._inbox: list[tuple[Entry, Shared]] = []
         self._calls: dict[str, IDelayedCall] = {}
-        self._loops: list[LoopingCall] = []
         self._last_repair = 0.0
+        for every, fn, what in (
+            (self._ttl / 3, self._lease_tick, "lease"),
+            (UPKEEP_EVERY, self._upkeep, "upkeep"),
+            (PING_EVERY, self._ping, "ping"),
+        ):
+            Periodic(
+                reactor,
+                every,
+                fn,
+                failed=f"the redis bridge's {what} loop stopped by an error",
+                log_id="quoted.redis.loop_failed",
+                log=self.log,
+            ).setServiceParent(self)
         metrics.broker_up.set(0)
         metrics.feed_leader.set_function(lambda: 1.0 if self.leading() else 0.0)
 
@@ -131,9 +152,9 @@ class RedisBridge(Service):
         """The entries the oscillator may move now: every used one while leading, this
         process's own while it ticks locally through an outage, none otherwise."""
         if self.leading():
-            return list(dict.fromkeys([*self._union, *self._hub.active()]))
+            return list(dict.fromkeys([*self._union, *self._used]))
         if not self.up and self._local_feed:
-            return self._hub.active()
+            return list(self._used)
         return []
 
     def emit(self, moves: Sequence[Move], at_ms: int) -> int:
@@ -146,14 +167,14 @@ class RedisBridge(Service):
 
     def follow(self, entry: Entry) -> None:
         """The hub's hook: the entry got its first local subscriber."""
-        self._used.add(entry)
+        self._used[entry] = None
         if entry not in self._followed and self.up:
             self._to_follow.add(entry)
             self._soon("follow", self._follow_pending)
 
     def unfollow(self, entry: Entry) -> None:
         """The hub's hook: the entry lost its last local subscriber (the sweep unsubscribes)."""
-        self._used.discard(entry)
+        self._used.pop(entry, None)
         self._to_follow.discard(entry)
 
     def readiness(self) -> tuple[int, dict[str, str]] | None:
@@ -166,39 +187,26 @@ class RedisBridge(Service):
 
     def apply(self, batch: Iterable[tuple[Entry, Shared]]) -> list[Quote]:
         """Apply each shared quote newer than the last applied for its entry; publish the new
-        quotes to the hub as one batch and return them."""
-        quotes: list[Quote] = []
+        quotes as one batch and return them."""
+        prices: list[PriceAt] = []
         applied = self._applied
         for e, s in batch:
             prev = applied.get(e)
             if prev is not None and s.stamp <= prev:
                 continue
             applied[e] = s.stamp
-            q = e.set(s.price, s.stamp.ms)
-            if q is not None:
-                quotes.append(q)
-        if quotes:
-            self._hub.publish(quotes)
-        return quotes
+            prices.append((e, s.price, s.stamp.ms))
+        return apply_prices(prices, self._publish_quotes)
 
     # -- service ------------------------------------------------------------------------------
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # the timers
         self._cmd_factory = CommandFactory(self, self._target)
         self._sub_factory = SubscriberFactory(self, self._target)
         for f in (self._cmd_factory, self._sub_factory):
             f.deferred.addErrback(self._connect_error)
             f.startConnecting(endpoint(self._reactor, self._target))
-        for every, fn in (
-            (self._ttl / 3, self._lease_tick),
-            (UPKEEP_EVERY, self._upkeep),
-            (PING_EVERY, self._ping),
-        ):
-            loop = LoopingCall(fn)
-            loop.clock = self._reactor
-            self._loops.append(loop)
-            loop.start(every, now=False).addErrback(self._crashed)
         self.log.info(
             "redis bridge started: {host}:{port}, prefix {prefix}",
             host=self._target.host,
@@ -208,14 +216,10 @@ class RedisBridge(Service):
         )
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        for loop in self._loops:
-            if loop.running:
-                loop.stop()
-        self._loops = []
+        await super().stopService()  # not running from here on; the timers stopped
         for call in self._calls.values():
             if call.active():
                 call.cancel()
@@ -230,9 +234,6 @@ class RedisBridge(Service):
         await defer.gatherResults([f.disconnect() for f in factories], consumeErrors=True)
         self.up = False
         self._metrics.broker_up.set(0)
-
-    def _crashed(self, failure: Failure) -> None:
-        self.log.failure("a redis bridge loop stopped by an error", failure)
 
     def _connect_error(self, failure: Failure) -> None:
         self.log.error("redis refused the connection: {error}", error=failure.getErrorMessage())
@@ -422,15 +423,9 @@ class RedisBridge(Service):
     def _apply_local(self, moves: Sequence[Move], at_ms: int) -> int:
         """Redis is away and this process led: its own prices, forgetting the shared stamps
         (whatever Redis holds when it returns replaces them)."""
-        quotes: list[Quote] = []
-        for e, p in moves:
+        for e, _ in moves:
             self._applied.pop(e, None)
-            q = e.set(p, at_ms)
-            if q is not None:
-                quotes.append(q)
-        if quotes:
-            self._hub.publish(quotes)
-        return len(quotes)
+        return len(apply_prices([(e, p, at_ms) for e, p in moves], self._publish_quotes))
 
     def _message(self, channel: str, payload: str) -> None:
         prefix = self._keys.channel
@@ -479,7 +474,7 @@ class RedisBridge(Service):
     def _sweep(self) -> None:
         """UNSUBSCRIBE, in one command, what nobody here uses; follow what is used but not
         followed (a follow that failed, or a subscriber that came during an outage)."""
-        drop = self._followed - self._used
+        drop = self._followed - self._used.keys()
         if drop and self._sub is not None:
             self._followed -= drop
             chans = [self._keys.channel + e.symbol for e in drop]

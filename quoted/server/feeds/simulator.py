@@ -12,14 +12,11 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from quoted.server.store import Entry, Quote
+from quoted.server.store import Entry, Quote, apply_prices
+from quoted.server.timers import Periodic
 
 __all__ = ["MODES", "MODE_ALL", "MODE_SUBSET", "OscillatorService", "next_price"]
 
@@ -43,8 +40,12 @@ def next_price(base: float, oscillation_percent: float, rng: random.Random) -> f
     return max(base * (1 + rng.uniform(-f, f)), MIN_PRICE)
 
 
-class OscillatorService(Service):
-    """Moves the prices of the active entries once per ``interval`` and publishes them."""
+class OscillatorService(Periodic):
+    """Moves the prices of the active entries once per ``interval`` and publishes them.
+
+    A :class:`~quoted.server.timers.Periodic`: the first tick one interval after start, each
+    told how many ticks were skipped; a tick never waits, so ``stopService`` returns None.
+    """
 
     log = Logger()
 
@@ -72,7 +73,14 @@ class OscillatorService(Service):
             raise ValueError(f"interval {interval!r} must be positive")
         if not oscillation_percent >= 0:
             raise ValueError(f"oscillation_percent {oscillation_percent!r} must not be negative")
-        self._clock = clock
+        super().__init__(
+            clock,
+            interval,
+            self._ticks,
+            failed="price oscillator stopped by an error",
+            log_id="quoted.oscillator.failed",
+            counted=True,
+        )
         # IReactorTime.seconds, typed for mypy with or without the zope plugin
         self._seconds = cast(_Seconds, clock).seconds
         self._interval = interval
@@ -84,30 +92,14 @@ class OscillatorService(Service):
         self._rng = rng if rng is not None else random.Random()
         self._on_tick = on_tick
         self._emit = emit
-        self._loop: LoopingCall | None = None
 
     def startService(self) -> None:
-        super().startService()
-        loop = LoopingCall.withCount(self._ticks)
-        loop.clock = self._clock
-        self._loop = loop
         self.log.info(
             "price oscillator started: every {interval}s, mode {mode}",
             interval=self._interval,
             mode=self._mode,
         )
-        d: Deferred[LoopingCall] = loop.start(self._interval, now=False)
-        d.addErrback(self._crashed)
-
-    def stopService(self) -> Deferred[None] | None:
-        loop, self._loop = self._loop, None
-        if loop is not None and loop.running:
-            loop.stop()
-        super().stopService()
-        return None
-
-    def _crashed(self, failure: Failure) -> None:
-        self.log.failure("price oscillator stopped by an error", failure)
+        super().startService()
 
     def _ticks(self, count: int) -> None:
         moved = self.tick()
@@ -132,11 +124,5 @@ class OscillatorService(Service):
         if self._emit is not None:
             moves = [(e, next_price(e.instrument.base_price, pct, rng)) for e in chosen]
             return self._emit(moves, at_ms)
-        quotes: list[Quote] = []
-        for e in chosen:
-            q = e.set(next_price(e.instrument.base_price, pct, rng), at_ms)
-            if q is not None:
-                quotes.append(q)
-        if quotes:
-            self._publish(quotes)
-        return len(quotes)
+        prices = [(e, next_price(e.instrument.base_price, pct, rng), at_ms) for e in chosen]
+        return len(apply_prices(prices, self._publish))

@@ -29,7 +29,7 @@ from quoted.server.config import RedisConfig
 from quoted.server.hub import FanOutHub
 from quoted.server.instruments import builtin_instruments
 from quoted.server.metrics import Metrics
-from quoted.server.store import QuoteStore, round2
+from quoted.server.store import Quote, QuoteStore, round2
 from tests.harness import eventually, free_port, sleep
 
 ensure = pytest_twisted.ensureDeferred
@@ -145,12 +145,14 @@ class Peer:
 
         self.metrics = Metrics(CollectorRegistry())
         self.store = QuoteStore(builtin_instruments(), int(reactor.seconds() * 1000))
-        self.hub = FanOutHub(reactor, self.metrics, 5)
         config = RedisConfig(enabled=True, url=url, prefix=prefix, lease_ttl=ttl)
-        self.bridge = RedisBridge(reactor, config, self.store, self.hub, self.metrics)
-        self.hub.on_first = self.bridge.follow
-        self.hub.on_last = self.bridge.unfollow
+        # built as app.build does: the bridge first (the hub's follower), publishing into the hub
+        self.bridge = RedisBridge(reactor, config, self.store, self.publish, self.metrics)
+        self.hub = FanOutHub(reactor, self.metrics, 5, follower=self.bridge)
         self.sent: list[bytes] = []
+
+    def publish(self, quotes: list[Quote]) -> None:
+        self.hub.publish(quotes)
 
     def entry(self, symbol: str) -> Any:
         e = self.store.lookup(symbol)
