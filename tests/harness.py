@@ -27,6 +27,7 @@ from twisted.internet.protocol import Protocol
 
 from quoted.server.app import QuotedService, build
 from quoted.server.config import Config, load_config
+from quoted.server.listener import Listener
 from quoted.wire.tokens import mint_token
 
 SECRET = b"test-secret-that-is-at-least-32-bytes-long!"
@@ -70,7 +71,8 @@ class QuotedServer:
     async def start(self) -> None:
         self.service.startService()
         listener = self.service.getServiceNamed("listener")
-        port = await listener._waitingForPort
+        assert isinstance(listener, Listener)
+        port = await listener.listening()
         self.port = port.getHost().port
 
     async def stop(self) -> None:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
-from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
@@ -24,6 +23,7 @@ from quoted.server.gate import Gate
 from quoted.server.hub import FanOutHub
 from quoted.server.instruments import load_instruments
 from quoted.server.jwks import KeySetService
+from quoted.server.listener import Listener
 from quoted.server.metrics import Metrics
 from quoted.server.pool import ConnectionPool
 from quoted.server.protocol import QuoteFactory
@@ -152,7 +152,7 @@ def build(config: Config, reactor: Any, *, secret: bytes | None = None) -> Quote
     collector.setServiceParent(service)
     pool.setServiceParent(service)
     oscillator.setServiceParent(service)
-    listener = strports.service(with_backlog(config.server.listen), site, reactor=reactor)
+    listener = Listener(reactor, with_backlog(config.server.listen), site)
     listener.setName("listener")
     listener.setServiceParent(service)
     return service

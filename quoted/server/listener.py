@@ -28,7 +28,7 @@ class Listener(Service):
     def __init__(self, reactor: Any, description: str, factory: IProtocolFactory) -> None:
         self._reactor = reactor
         self.description = description
-        self._factory = factory
+        self.factory = factory
         self.port: IListeningPort | None = None
         self._listen: Deferred[IListeningPort | None] | None = None
         self._waiters: list[Deferred[IListeningPort]] = []
@@ -44,7 +44,7 @@ class Listener(Service):
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         endpoint = serverFromString(self._reactor, self.description)
-        d: Deferred[Any] = endpoint.listen(self._factory)
+        d: Deferred[Any] = endpoint.listen(self.factory)
         failed_now: list[Failure] = []
         starting = True
 
