@@ -197,7 +197,13 @@ def parse_url(url: str) -> RedisTarget:
 class CommandFactory(txredisapi.RedisFactory):  # type: ignore[misc]
     """One command connection that calls ``bridge._connected(factory, conn)`` when it is
     usable and ``bridge._disconnected(factory, conn)`` when it is gone; reconnects from
-    100 ms doubling to 5 s, with txredisapi's jitter."""
+    100 ms doubling to 5 s, with txredisapi's jitter.
+
+    txredisapi's factory is used below its documented face (``lazyConnection`` and friends,
+    which build on the global reactor): its constructor's keywords, the ``pool`` list, the
+    ``addConnection``/``delConnection`` hooks every connection calls, and ``replyTimeout`` and
+    ``dbid``, read when a connection is made. tests/server/cluster/test_txredisapi.py checks
+    each of these names against the installed version."""
 
     initialDelay = 0.1
     maxDelay = 5.0
@@ -205,16 +211,16 @@ class CommandFactory(txredisapi.RedisFactory):  # type: ignore[misc]
 
     def __init__(self, bridge: Any, target: RedisTarget) -> None:
         super().__init__(
-            None,
-            target.db,
-            1,
-            False,
-            txredisapi.ConnectionHandler,
-            "utf-8",
-            target.password,
-            REPLY_TIMEOUT,
-            False,
-            target.username,
+            uuid=None,
+            dbid=target.db,
+            poolsize=1,
+            isLazy=False,
+            handler=txredisapi.ConnectionHandler,
+            charset="utf-8",
+            password=target.password,
+            replyTimeout=REPLY_TIMEOUT,
+            convertNumbers=False,
+            username=target.username,
         )
         self.bridge = bridge
 
