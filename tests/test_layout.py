@@ -127,3 +127,30 @@ def test_no_module_much_over_500_lines() -> None:
         if (lines := len(p.read_text(encoding="utf-8").splitlines())) > 550
     }
     assert long == {}
+
+
+@pytest.mark.parametrize(
+    "name",
+    # the top package holds only the version and the two old addresses (config, logs)
+    sorted(n for n, p in MODULES.items() if p.name == "__init__.py" and n != "quoted"),
+)
+def test_every_package_names_its_public_api(name: str) -> None:
+    """Each package's __init__ has an ``__all__``; every name in it is a submodule or an
+    attribute the package defines or imports."""
+    tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
+    declared = [
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["__all__"]
+    ]
+    assert declared, f"{name} has no __all__"
+    names = ast.literal_eval(declared[0])
+    bound = {
+        alias.asname or alias.name
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    for item in names:
+        assert item in bound or f"{name}.{item}" in MODULES, (name, item)

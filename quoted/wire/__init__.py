@@ -5,3 +5,5 @@ token minting and the duration grammar.
 
 It imports nothing else of quoted and nothing of Twisted; every other part may import it.
 """
+
+__all__ = ["closecodes", "frames", "messages", "patch", "symbols", "tokens"]
