@@ -4,7 +4,8 @@ Autobahn's client costs too much per message for ten thousand connections on one
 core, so this is a minimal RFC 6455 client: it writes the upgrade request itself,
 reads the 101 (or the error status and its JSON body), parses the server's
 unmasked frames and masks each frame it sends (pong, close). With compression it
-inflates RSV1 messages (RFC 7692); framing and patching are in quoted.loadgen.wire.
+inflates RSV1 messages (RFC 7692); framing is in quoted.loadgen.wire,
+patching in quoted.wire.patch.
 Each connection applies every quotes_patch to
 its document with a fast path for the operations quoted sends, checks ``seq``,
 and on a sample applies the same patch with ``jsonpatch`` to compare. Counters go
@@ -32,18 +33,16 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 
 from quoted.loadgen.wire import (
-    MISSING,
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
     OP_PONG,
     OP_TEXT,
     FrameReader,
-    PatchError,
     ProtocolError,
-    apply_ops,
     client_frame,
 )
+from quoted.wire.patch import MISSING, PatchError, apply_ops
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 DEFLATE_TAIL = b"\x00\x00\xff\xff"

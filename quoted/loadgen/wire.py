@@ -1,18 +1,13 @@
-"""quoted-load's wire: RFC 6455 framing for a client, and the quote document's fast patch.
+"""quoted-load's wire: RFC 6455 framing for a client (its fast patch is quoted.wire.patch).
 
 :class:`FrameReader` turns the server's byte stream into whole messages and control
 frames (fragments reassembled, 7/16/64-bit lengths, control frames between fragments);
-:func:`client_frame` writes a masked client frame; :func:`apply_ops` applies a
-quotes_patch's operations with a fast path for the shapes quoted sends and jsonpatch
-for the rest.
+:func:`client_frame` writes a masked client frame.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
-
-import jsonpatch
 
 MAX_MESSAGE = 16 * 1024 * 1024
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
@@ -20,10 +15,6 @@ OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 
 class ProtocolError(Exception):
     """The server broke RFC 6455 framing."""
-
-
-class PatchError(Exception):
-    """An operation the document cannot take (absent quote, bad path)."""
 
 
 def client_frame(opcode: int, payload: bytes = b"", key: bytes | None = None) -> bytes:
@@ -124,83 +115,3 @@ class FrameReader:
                 self._frag_rsv1, self._frag_wire = rsv1, len(payload)
         else:
             raise ProtocolError(f"reserved opcode {opcode}")
-
-
-def _unescape(token: str) -> str:
-    return token.replace("~1", "/").replace("~0", "~") if "~" in token else token
-
-
-def apply_ops(doc: dict[str, Any], ops: list[dict[str, Any]], updates: list[str]) -> int:
-    """Apply RFC 6902 ``ops`` to ``doc`` in place, fast for the shapes quoted sends (add
-    /quotes; add/replace/remove /quotes/SYM; replace /quotes/SYM/field); anything else
-    goes to jsonpatch. Appends the last_updated of each symbol update (a whole-quote
-    replace or a replace of last_updated) to ``updates`` when it is newer than the one it
-    replaces; returns how many such operations repeated or went back in time (stale)."""
-    stale = 0
-    for op in ops:
-        kind, path = op["op"], op["path"]
-        if path == "/quotes" and kind in ("add", "replace") and isinstance(op["value"], dict):
-            if kind == "replace" and "quotes" not in doc:
-                raise PatchError("replace of absent /quotes")
-            doc["quotes"] = op["value"]
-            continue
-        quotes = doc.get("quotes")
-        if not path.startswith("/quotes/") or quotes is None or kind not in _FAST_OPS:
-            _slow_op(doc, op)
-            continue
-        rest = path[8:]
-        slash = rest.find("/")
-        if slash < 0:
-            symbol = _unescape(rest)
-            if kind == "remove":
-                if quotes.pop(symbol, None) is None:
-                    raise PatchError(f"remove of absent {path}")
-                continue
-            value = op["value"]
-            if kind == "replace":
-                if symbol not in quotes:
-                    raise PatchError(f"replace of absent {path}")
-                if isinstance(value, dict) and "last_updated" in value:
-                    if _newer(value["last_updated"], quotes[symbol]):
-                        updates.append(value["last_updated"])
-                    else:
-                        stale += 1
-            quotes[symbol] = value
-            continue
-        field = rest[slash + 1 :]
-        quote = quotes.get(_unescape(rest[:slash]))
-        if "/" in field or not isinstance(quote, dict):
-            _slow_op(doc, op)
-            continue
-        field = _unescape(field)
-        if kind == "remove":
-            if quote.pop(field, MISSING) is MISSING:
-                raise PatchError(f"remove of absent {path}")
-            continue
-        if kind == "replace":
-            if field not in quote:
-                raise PatchError(f"replace of absent {path}")
-            if field == "last_updated":
-                if _newer(op["value"], quote):
-                    updates.append(op["value"])
-                else:
-                    stale += 1
-        quote[field] = op["value"]
-    return stale
-
-
-def _newer(last_updated: Any, quote: Any) -> bool:
-    """RFC 3339 UTC stamps with fixed millisecond digits compare as text."""
-    old = quote.get("last_updated") if isinstance(quote, dict) else None
-    return not isinstance(old, str) or not isinstance(last_updated, str) or last_updated > old
-
-
-_FAST_OPS = frozenset(("add", "replace", "remove"))
-MISSING = object()
-
-
-def _slow_op(doc: dict[str, Any], op: dict[str, Any]) -> None:
-    try:
-        jsonpatch.apply_patch(doc, [op], in_place=True)
-    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as e:
-        raise PatchError(f"{op.get('op')} {op.get('path')}: {e}") from None

@@ -1,4 +1,5 @@
-"""quoted-load: its frame parser and fast patch alone, then whole runs against a real quoted.
+"""quoted-load: its frame parser alone (its fast patch: tests/wire/test_patch.py), then whole
+runs against a real quoted.
 
 The runs use quoted.loadgen.cli.run on the test's reactor, against quoted from tests.harness
 ticking every 50 ms with every symbol moving.
@@ -6,7 +7,6 @@ ticking every 50 ms with every symbol moving.
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import os
@@ -14,11 +14,8 @@ import sys
 import zlib
 from typing import Any
 
-import jsonpatch
 import pytest
 import pytest_twisted
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from twisted.internet import reactor, utils
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -32,9 +29,7 @@ from quoted.loadgen.wire import (
     OP_PONG,
     OP_TEXT,
     FrameReader,
-    PatchError,
     ProtocolError,
-    apply_ops,
     client_frame,
 )
 from tests.harness import SECRET, QuotedServer, free_port
@@ -144,79 +139,11 @@ def test_client_frame_is_masked(n: int) -> None:
     assert n < 8 or payload not in frame
 
 
-# -- the fast patch -----------------------------------------------------------------------------
-
-
 def quote(sym: str, price: float, stamp: str) -> dict[str, Any]:
     return {"symbol": sym, "name": "N & co", "current_price": price, "last_updated": stamp}
 
 
-SYMS = ["AAPL", "BTC/USD", "A~B", "BRK.B"]
-STAMPS = [f"2026-11-28T17:06:1{i}.780Z" for i in range(10)]
-ptr = st.sampled_from(SYMS).map(lambda s: s.replace("~", "~0").replace("/", "~1"))
-whole = st.builds(
-    lambda op, p, price, t: {"op": op, "path": "/quotes/" + p, "value": quote("X", price, t)},
-    st.sampled_from(["add", "replace"]),
-    ptr,
-    st.floats(1, 1e5, allow_nan=False),
-    st.sampled_from(STAMPS),
-)
-field = st.builds(
-    lambda p, f, v: {"op": "replace", "path": f"/quotes/{p}/{f}", "value": v},
-    ptr,
-    st.sampled_from(["current_price", "last_updated", "name"]),
-    st.one_of(st.floats(1, 1e5, allow_nan=False), st.sampled_from(STAMPS)),
-)
-remove = st.builds(lambda p: {"op": "remove", "path": "/quotes/" + p}, ptr)
-ops_st = st.lists(st.one_of(whole, field, remove), max_size=12)
-
-
-@settings(max_examples=300, deadline=None)
-@given(ops=ops_st, start=st.sampled_from(SYMS[:2]))
-def test_fast_patch_agrees_with_jsonpatch(ops: list[dict[str, Any]], start: str) -> None:
-    snapshot = [{"op": "add", "path": "/quotes", "value": {}}]
-    snapshot.append(
-        {
-            "op": "add",
-            "path": "/quotes/" + start.replace("/", "~1"),
-            "value": quote(start, 1.0, STAMPS[0]),
-        }
-    )
-    doc: dict[str, Any] = {}
-    apply_ops(doc, copy.deepcopy(snapshot), [])
-    for op in ops:  # one at a time: a failing op leaves both documents as before it
-        try:
-            expected = jsonpatch.apply_patch(doc, [copy.deepcopy(op)])
-        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException):
-            expected = None
-        before = copy.deepcopy(doc)
-        try:
-            apply_ops(doc, [copy.deepcopy(op)], [])
-        except PatchError:
-            assert expected is None, op
-            assert doc == before
-            continue
-        assert doc == expected, op
-
-
-def test_fast_patch_reports_new_and_stale_last_updated() -> None:
-    doc: dict[str, Any] = {}
-    updates: list[str] = []
-    ops = [
-        {"op": "add", "path": "/quotes", "value": {}},
-        {"op": "add", "path": "/quotes/BTC~1USD", "value": quote("BTC/USD", 1, STAMPS[1])},
-    ]
-    assert apply_ops(doc, ops, updates) == 0 and updates == []  # the snapshot is no update
-    ops = [
-        {"op": "replace", "path": "/quotes/BTC~1USD", "value": quote("BTC/USD", 2, STAMPS[1])},
-        {"op": "replace", "path": "/quotes/BTC~1USD/last_updated", "value": STAMPS[2]},
-        {"op": "replace", "path": "/quotes/BTC~1USD", "value": quote("BTC/USD", 3, STAMPS[3])},
-    ]
-    assert apply_ops(doc, ops, updates) == 1  # the first repeats STAMPS[1]
-    assert updates == [STAMPS[2], STAMPS[3]]
-    assert doc == {"quotes": {"BTC/USD": quote("BTC/USD", 3, STAMPS[3])}}
-    with pytest.raises(PatchError):
-        apply_ops(doc, [{"op": "replace", "path": "/quotes/NOPE", "value": {}}], [])
+STAMP = "2026-11-28T17:06:10.780Z"
 
 
 # -- one connection on a fake transport --------------------------------------------------------
@@ -268,7 +195,7 @@ def test_open_compressed_patch_ping_and_close() -> None:
         "seq": 1,
         "operations": [
             {"op": "add", "path": "/quotes", "value": {}},
-            {"op": "add", "path": "/quotes/AAPL", "value": quote("AAPL", 1, STAMPS[0])},
+            {"op": "add", "path": "/quotes/AAPL", "value": quote("AAPL", 1, STAMP)},
         ],
     }
     deflate = zlib.compressobj(wbits=-15)
@@ -276,7 +203,7 @@ def test_open_compressed_patch_ping_and_close() -> None:
     transport.clear()
     conn.dataReceived(head + server_frame(OP_TEXT, packed[:-4], rsv1=True))
     conn.dataReceived(server_frame(OP_PING, b"p") + server_frame(OP_CLOSE, b"\x0f\xa8"))
-    assert conn.doc == {"quotes": {"AAPL": quote("AAPL", 1, STAMPS[0])}}
+    assert conn.doc == {"quotes": {"AAPL": quote("AAPL", 1, STAMP)}}
     assert stats.connected == 1 and stats.messages == 1 and stats.bytes == len(packed) - 4
     assert client_frames(transport.value()) == [(OP_PONG, b"p"), (OP_CLOSE, b"\x0f\xa8")]
     assert transport.disconnecting
