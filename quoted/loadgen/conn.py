@@ -4,8 +4,8 @@ Autobahn's client costs too much per message for ten thousand connections on one
 core, so this is a minimal RFC 6455 client: it writes the upgrade request itself,
 reads the 101 (or the error status and its JSON body), parses the server's
 unmasked frames and masks each frame it sends (pong, close). With compression it
-inflates RSV1 messages (RFC 7692); framing is in quoted.loadgen.wire,
-patching in quoted.wire.patch.
+inflates RSV1 messages (RFC 7692); framing and patching are quoted.wire.frames and
+quoted.wire.patch.
 Each connection applies every quotes_patch to
 its document with a fast path for the operations quoted sends, checks ``seq``,
 and on a sample applies the same patch with ``jsonpatch`` to compare. Counters go
@@ -32,20 +32,20 @@ from twisted.internet.interfaces import IConnector, IDelayedCall, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 
-from quoted.loadgen.wire import (
+from quoted.wire.frames import (
+    DEFLATE_TAIL,
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
     OP_PONG,
     OP_TEXT,
+    FrameError,
     FrameReader,
-    ProtocolError,
     client_frame,
 )
 from quoted.wire.patch import MISSING, PatchError, apply_ops
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-DEFLATE_TAIL = b"\x00\x00\xff\xff"
 MAX_HEAD = 64 * 1024
 SAMPLE_EVERY = 500  # one message in this many is also applied with jsonpatch
 SLOW_RCVBUF = 4096  # a slow connection's receive buffer, so the server notices it soon
@@ -340,8 +340,8 @@ class LoadConnection(Protocol):
                     self._close_received(payload)
                     return
                 elif opcode == OP_BINARY:
-                    raise ProtocolError("binary message")
-        except (ProtocolError, zlib.error, ValueError, KeyError, TypeError):
+                    raise FrameError("binary message")
+        except (FrameError, zlib.error, ValueError, KeyError, TypeError):
             self.stats.protocol_errors += 1
             self._tcp.abortConnection()
 
@@ -349,7 +349,7 @@ class LoadConnection(Protocol):
         stats = self.stats
         if rsv1:
             if self._inflater is None:
-                raise ProtocolError("RSV1 without permessage-deflate")
+                raise FrameError("RSV1 without permessage-deflate")
             payload = self._inflater.decompress(payload + DEFLATE_TAIL)
             if self._no_context:
                 self._inflater = zlib.decompressobj(-15)

@@ -1,5 +1,5 @@
-"""quoted-load: its frame parser alone (its fast patch: tests/wire/test_patch.py), then whole
-runs against a real quoted.
+"""quoted-load: one connection on a fake transport, its arguments, then whole runs against a
+real quoted (its frames and fast patch are quoted.wire's: tests/wire).
 
 The runs use quoted.loadgen.cli.run on the test's reactor, against quoted from tests.harness
 ticking every 50 ms with every symbol moving.
@@ -23,120 +23,12 @@ from twisted.internet.testing import StringTransport
 from quoted.loadgen.cli import Unreachable, parse_args, run
 from quoted.loadgen.conn import LoadConnection, Stats, upgrade_request
 from quoted.loadgen.run import cpu_seconds
-from quoted.loadgen.wire import (
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    FrameReader,
-    ProtocolError,
-    client_frame,
-)
+from quoted.wire.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
 from tests.harness import SECRET, QuotedServer, free_port
+from tests.wire.framing import client_frames, server_frame
 
 FEED = {"update_interval": 0.05, "mode": "all"}
 WS = {"handshake_rate_per_ip": 0.0}
-
-
-# -- frames -------------------------------------------------------------------------------------
-
-
-def server_frame(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False) -> bytes:
-    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
-    n = len(payload)
-    if n < 126:
-        return bytes((b0, n)) + payload
-    if n < 65536:
-        return bytes((b0, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((b0, 127)) + n.to_bytes(8, "big") + payload
-
-
-def feed_all(reader: FrameReader, chunks: list[bytes]) -> list[tuple[int, bytes, bool, int]]:
-    out = []
-    for c in chunks:
-        out += reader.feed(c)
-    return out
-
-
-STREAM = (
-    server_frame(OP_TEXT, b'{"a":1}')
-    + server_frame(OP_TEXT, b"x" * 300)  # 16-bit length
-    + server_frame(OP_TEXT, b"part1-", fin=False)
-    + server_frame(OP_PING, b"hi")  # a control frame between fragments
-    + server_frame(0, b"part2-", fin=False)
-    + server_frame(0, b"end")
-    + server_frame(OP_TEXT, b"y" * 70000)  # 64-bit length
-    + server_frame(OP_CLOSE, (1000).to_bytes(2, "big") + b"bye")
-)
-EXPECTED = [
-    (OP_TEXT, b'{"a":1}', False, 7),
-    (OP_TEXT, b"x" * 300, False, 300),
-    (OP_PING, b"hi", False, 2),
-    (OP_TEXT, b"part1-part2-end", False, 15),
-    (OP_TEXT, b"y" * 70000, False, 70000),
-    (OP_CLOSE, b"\x03\xe8bye", False, 5),
-]
-
-
-def test_frames_whole_stream() -> None:
-    assert FrameReader().feed(STREAM) == EXPECTED
-
-
-def test_frames_split_at_every_position() -> None:
-    for cut in range(1, len(STREAM)):
-        got = feed_all(FrameReader(), [STREAM[:cut], STREAM[cut:]])
-        assert got == EXPECTED, cut
-
-
-def test_frames_byte_by_byte() -> None:
-    small = STREAM[: STREAM.index(b"y" * 10) - 10]  # up to the 64-bit frame
-    got = feed_all(FrameReader(), [small[i : i + 1] for i in range(len(small))])
-    assert got == EXPECTED[:4]
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        bytes((0x81, 0x81)) + b"abcd" + b"x",  # masked by the server
-        bytes((0xA1, 0)),  # RSV2
-        bytes((0x83, 0)),  # reserved opcode
-        bytes((0x09, 0)),  # fragmented ping
-        bytes((0x89, 126, 0, 200)) + b"p" * 200,  # ping over 125 bytes
-        server_frame(0, b"c"),  # continuation out of place
-        server_frame(OP_TEXT, b"a", fin=False) + server_frame(OP_TEXT, b"b"),
-    ],
-)
-def test_frames_protocol_errors(data: bytes) -> None:
-    with pytest.raises(ProtocolError):
-        FrameReader().feed(data)
-
-
-def test_frames_rsv1_marks_the_message() -> None:
-    frames = server_frame(OP_TEXT, b"ab", fin=False, rsv1=True) + server_frame(0, b"cd")
-    assert FrameReader().feed(frames) == [(OP_TEXT, b"abcd", True, 4)]
-
-
-def client_frames(data: bytes) -> list[tuple[int, bytes]]:
-    """Final, masked client frames, unmasked: [(opcode, payload)]."""
-    out = []
-    while data:
-        assert data[0] & 0x80 and data[1] & 0x80, data  # FIN and MASK
-        n, hdr = data[1] & 0x7F, 2
-        if n >= 126:
-            hdr = 4 if n == 126 else 10
-            n = int.from_bytes(data[2:hdr], "big")
-        key, body = data[hdr : hdr + 4], data[hdr + 4 : hdr + 4 + n]
-        out.append((data[0] & 0x0F, bytes(b ^ key[i % 4] for i, b in enumerate(body))))
-        data = data[hdr + 4 + n :]
-    return out
-
-
-@pytest.mark.parametrize("n", [0, 5, 125, 126, 65535, 65536])
-def test_client_frame_is_masked(n: int) -> None:
-    payload = os.urandom(n)
-    frame = client_frame(OP_PONG, payload)
-    assert client_frames(frame) == [(OP_PONG, payload)]
-    assert n < 8 or payload not in frame
 
 
 def quote(sym: str, price: float, stamp: str) -> dict[str, Any]:
