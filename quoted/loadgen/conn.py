@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IConnector, IDelayedCall, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 
+from quoted.wire.closecodes import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL
 from quoted.wire.frames import (
     DEFLATE_TAIL,
     OP_BINARY,
@@ -204,7 +205,7 @@ class LoadConnection(Protocol):
         self._head = bytearray()
         self._status = 0
         self._body_len = 0
-        self._code = 1006  # the close code when the connection drops without a close frame
+        self._code = CLOSE_ABNORMAL  # until a close frame gives one
         self._inflater: Any = None
         self._no_context = False
         self._started = clock.seconds()
@@ -393,14 +394,14 @@ class LoadConnection(Protocol):
     # -- closing ------------------------------------------------------------------------------
 
     def _close_received(self, payload: bytes) -> None:
-        self._code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+        self._code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else CLOSE_NO_STATUS
         if self.state == OPEN:
             reply = payload[:2] if len(payload) >= 2 else b""
             self._tcp.write(client_frame(OP_CLOSE, reply))
         self.state = CLOSING
         self._tcp.loseConnection()
 
-    def close(self, code: int = 1000) -> None:
+    def close(self, code: int = CLOSE_NORMAL) -> None:
         """Start the closing handshake (the server echoes, then drops the TCP connection)."""
         if self.state == OPEN:
             self.by_us = True
