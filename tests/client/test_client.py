@@ -35,7 +35,6 @@ from quoted.client.reconnect import (
     refresh_delay,
     rejection_verdict,
 )
-from quoted.wire.closecodes import close_verdict
 from quoted.wire.frames import text_frame
 from quoted.wire.tokens import mint_token
 from tests.harness import SECRET, QuotedServer, eventually, free_port, make_config, sleep
@@ -51,31 +50,6 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
         assert all(ceiling / 2 <= d < ceiling for d in delays)
         assert len(set(delays)) > 40  # jittered, not one value
     assert b.delay(10_000, rng) < 8.0
-
-
-@pytest.mark.parametrize(
-    ("code", "reason", "action"),
-    [
-        (1001, "server shutting down", "retry"),
-        (1006, "", "retry"),
-        (1011, "", "retry"),
-        (1013, "", "retry"),
-        (4008, "slow consumer", "retry"),
-        (4029, "too many messages", "retry"),
-        (1008, "no pong to the last ping", "retry"),
-        (1008, "idle timeout", "retry"),
-        (1008, "bad request", "fatal"),
-        (1002, "", "fatal"),
-        (1003, "", "fatal"),
-        (1007, "", "fatal"),
-        (1009, "", "fatal"),
-        (4001, "token expired", "new_token"),
-    ],
-)
-def test_close_verdict(code: int, reason: str, action: str) -> None:
-    v = close_verdict(code, reason)
-    assert v.action == action
-    assert str(code) in v.reason
 
 
 @pytest.mark.parametrize(
