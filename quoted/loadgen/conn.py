@@ -4,7 +4,8 @@ Autobahn's client costs too much per message for ten thousand connections on one
 core, so this is a minimal RFC 6455 client: it writes the upgrade request itself,
 reads the 101 (or the error status and its JSON body), parses the server's
 unmasked frames and masks each frame it sends (pong, close). With compression it
-inflates RSV1 messages (RFC 7692); framing and patching are in quoted.loadgen.wire.
+inflates RSV1 messages (RFC 7692); framing and patching are quoted.wire.frames and
+quoted.wire.patch.
 Each connection applies every quotes_patch to
 its document with a fast path for the operations quoted sends, checks ``seq``,
 and on a sample applies the same patch with ``jsonpatch`` to compare. Counters go
@@ -31,22 +32,21 @@ from twisted.internet.interfaces import IConnector, IDelayedCall, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 
-from quoted.loadgen.wire import (
-    MISSING,
+from quoted.wire.closecodes import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL
+from quoted.wire.frames import (
+    DEFLATE_TAIL,
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
     OP_PONG,
     OP_TEXT,
+    FrameError,
     FrameReader,
-    PatchError,
-    ProtocolError,
-    apply_ops,
     client_frame,
 )
+from quoted.wire.patch import MISSING, PatchError, apply_ops
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-DEFLATE_TAIL = b"\x00\x00\xff\xff"
 MAX_HEAD = 64 * 1024
 SAMPLE_EVERY = 500  # one message in this many is also applied with jsonpatch
 SLOW_RCVBUF = 4096  # a slow connection's receive buffer, so the server notices it soon
@@ -205,7 +205,7 @@ class LoadConnection(Protocol):
         self._head = bytearray()
         self._status = 0
         self._body_len = 0
-        self._code = 1006  # the close code when the connection drops without a close frame
+        self._code = CLOSE_ABNORMAL  # until a close frame gives one
         self._inflater: Any = None
         self._no_context = False
         self._started = clock.seconds()
@@ -341,8 +341,8 @@ class LoadConnection(Protocol):
                     self._close_received(payload)
                     return
                 elif opcode == OP_BINARY:
-                    raise ProtocolError("binary message")
-        except (ProtocolError, zlib.error, ValueError, KeyError, TypeError):
+                    raise FrameError("binary message")
+        except (FrameError, zlib.error, ValueError, KeyError, TypeError):
             self.stats.protocol_errors += 1
             self._tcp.abortConnection()
 
@@ -350,7 +350,7 @@ class LoadConnection(Protocol):
         stats = self.stats
         if rsv1:
             if self._inflater is None:
-                raise ProtocolError("RSV1 without permessage-deflate")
+                raise FrameError("RSV1 without permessage-deflate")
             payload = self._inflater.decompress(payload + DEFLATE_TAIL)
             if self._no_context:
                 self._inflater = zlib.decompressobj(-15)
@@ -394,14 +394,14 @@ class LoadConnection(Protocol):
     # -- closing ------------------------------------------------------------------------------
 
     def _close_received(self, payload: bytes) -> None:
-        self._code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+        self._code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else CLOSE_NO_STATUS
         if self.state == OPEN:
             reply = payload[:2] if len(payload) >= 2 else b""
             self._tcp.write(client_frame(OP_CLOSE, reply))
         self.state = CLOSING
         self._tcp.loseConnection()
 
-    def close(self, code: int = 1000) -> None:
+    def close(self, code: int = CLOSE_NORMAL) -> None:
         """Start the closing handshake (the server echoes, then drops the TCP connection)."""
         if self.state == OPEN:
             self.by_us = True

@@ -35,6 +35,7 @@ from quoted.loadgen.conn import (
     Stats,
     upgrade_request,
 )
+from quoted.wire.closecodes import CLOSE_NORMAL
 from quoted.wire.tokens import mint_token
 
 MAX_IN_FLIGHT = 500  # handshakes under way at once
@@ -234,7 +235,7 @@ class Runner:
     def churn_tick(self) -> None:
         victims = [c for c in self.live.values() if c.state == OPEN]
         for conn in self.rng.sample(victims, min(self.opts.churn, len(victims))):
-            conn.close(1000)
+            conn.close(CLOSE_NORMAL)
             self.churn_closed += 1
             self.churn_pending.add(self.next_index)
             self.queue.append((self.next_index, False))
@@ -428,7 +429,7 @@ class Runner:
         self._closing = defer.Deferred()
         conns = [*self.live.values(), *self.slow_conns]
         for c in conns:
-            c.close(1000)
+            c.close(CLOSE_NORMAL)
         if not self._all_closed():
             self._closing.addTimeout(CLOSE_WAIT, self.reactor)
             try:

@@ -15,6 +15,7 @@ __all__ = [
     "escape_pointer",
     "normalize_symbols",
     "parse_symbol_list",
+    "unescape_pointer",
     "upper",
     "valid_symbol",
 ]
@@ -67,3 +68,11 @@ def escape_pointer(token: str) -> str:
     if "~" not in token and "/" not in token:
         return token
     return token.replace("~", "~0").replace("/", "~1")
+
+
+def unescape_pointer(token: str) -> str:
+    """Unescape one JSON Pointer reference token (RFC 6901): ``~1`` is ``/``, then ``~0`` is
+    ``~``, so ``~01`` stays ``~1``."""
+    if "~" not in token:
+        return token
+    return token.replace("~1", "/").replace("~0", "~")

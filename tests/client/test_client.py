@@ -5,7 +5,6 @@ backoff on 503, fatal refusals)."""
 from __future__ import annotations
 
 import base64
-import copy
 import dataclasses
 import hashlib
 import json
@@ -15,11 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jsonpatch
 import pytest
 import pytest_twisted
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from twisted.internet import defer, reactor
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -39,9 +35,7 @@ from quoted.client.reconnect import (
     refresh_delay,
     rejection_verdict,
 )
-from quoted.wire.closecodes import close_verdict
 from quoted.wire.frames import text_frame
-from quoted.wire.patch import PatchError, apply_operations
 from quoted.wire.tokens import mint_token
 from tests.harness import SECRET, QuotedServer, eventually, free_port, make_config, sleep
 
@@ -56,31 +50,6 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
         assert all(ceiling / 2 <= d < ceiling for d in delays)
         assert len(set(delays)) > 40  # jittered, not one value
     assert b.delay(10_000, rng) < 8.0
-
-
-@pytest.mark.parametrize(
-    ("code", "reason", "action"),
-    [
-        (1001, "server shutting down", "retry"),
-        (1006, "", "retry"),
-        (1011, "", "retry"),
-        (1013, "", "retry"),
-        (4008, "slow consumer", "retry"),
-        (4029, "too many messages", "retry"),
-        (1008, "no pong to the last ping", "retry"),
-        (1008, "idle timeout", "retry"),
-        (1008, "bad request", "fatal"),
-        (1002, "", "fatal"),
-        (1003, "", "fatal"),
-        (1007, "", "fatal"),
-        (1009, "", "fatal"),
-        (4001, "token expired", "new_token"),
-    ],
-)
-def test_close_verdict(code: int, reason: str, action: str) -> None:
-    v = close_verdict(code, reason)
-    assert v.action == action
-    assert str(code) in v.reason
 
 
 @pytest.mark.parametrize(
@@ -124,80 +93,11 @@ def test_state_descriptions() -> None:
     assert ClientState(LIVE).describe() == "live"
 
 
-# -- the patch fast path against jsonpatch ------------------------------------------------------
-
-SYMS = ["AAPL", "BTC/USD", "A~B", "BRK.B"]
-FIELDS = ["current_price", "change", "last_updated"]
-
-
-def _pointer(symbol: str) -> str:
-    return symbol.replace("~", "~0").replace("/", "~1")
+# -- the client on a Clock with a fake network (its fast patch: tests/wire/test_patch.py) ------
 
 
 def quote_value(symbol: str, price: float) -> dict[str, Any]:
     return {"symbol": symbol, "current_price": price, "change": 0.0, "last_updated": "t"}
-
-
-op_strategy = st.one_of(
-    st.builds(
-        lambda s, p: {"op": "add", "path": f"/quotes/{_pointer(s)}", "value": quote_value(s, p)},
-        st.sampled_from(SYMS),
-        st.floats(1, 1000, allow_nan=False),
-    ),
-    st.builds(
-        lambda s, p: {
-            "op": "replace",
-            "path": f"/quotes/{_pointer(s)}",
-            "value": quote_value(s, p),
-        },
-        st.sampled_from(SYMS),
-        st.floats(1, 1000, allow_nan=False),
-    ),
-    st.builds(lambda s: {"op": "remove", "path": f"/quotes/{_pointer(s)}"}, st.sampled_from(SYMS)),
-    st.builds(
-        lambda s, f, v: {"op": "replace", "path": f"/quotes/{_pointer(s)}/{f}", "value": v},
-        st.sampled_from(SYMS),
-        st.sampled_from(FIELDS),
-        st.floats(1, 1000, allow_nan=False),
-    ),
-    st.builds(
-        lambda s: {"op": "add", "path": "/quotes", "value": {s: quote_value(s, 1.0)}},
-        st.sampled_from(SYMS),
-    ),
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(op_strategy, max_size=30))
-def test_fast_path_equals_jsonpatch(ops: list[dict[str, Any]]) -> None:
-    """Op by op, the fast path and jsonpatch agree on the document or both refuse."""
-    quotes: dict[str, Any] = {}
-    ref: dict[str, Any] = {"quotes": {}}
-    view = quotes
-    for op in ops:
-        try:
-            ref = jsonpatch.apply_patch(ref, [copy.deepcopy(op)])
-        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException):
-            with pytest.raises(PatchError):
-                apply_operations(quotes, [copy.deepcopy(op)])
-            return
-        changed = apply_operations(quotes, [copy.deepcopy(op)])
-        assert {"quotes": quotes} == ref
-        if op["path"] != "/quotes":
-            assert changed == {op["path"].split("/")[2].replace("~1", "/").replace("~0", "~")}
-    assert view is quotes  # the same object all along: a MappingProxyType stays valid
-
-
-def test_unusual_operations_go_to_jsonpatch() -> None:
-    quotes: dict[str, Any] = {"AAPL": {"symbol": "AAPL", "extra": {"a": 1}}}
-    changed = apply_operations(quotes, [{"op": "add", "path": "/quotes/AAPL/extra/b", "value": 2}])
-    assert quotes["AAPL"]["extra"] == {"a": 1, "b": 2}
-    assert changed == {"AAPL"}
-    with pytest.raises(PatchError):
-        apply_operations(quotes, [{"op": "test", "path": "/quotes/AAPL/symbol", "value": "X"}])
-
-
-# -- the client on a Clock with a fake network --------------------------------------------------
 
 
 class Transport(StringTransport):

@@ -1,4 +1,5 @@
-"""quoted-load: its frame parser and fast patch alone, then whole runs against a real quoted.
+"""quoted-load: one connection on a fake transport, its arguments, then whole runs against a
+real quoted (its frames and fast patch are quoted.wire's: tests/wire).
 
 The runs use quoted.loadgen.cli.run on the test's reactor, against quoted from tests.harness
 ticking every 50 ms with every symbol moving.
@@ -6,7 +7,6 @@ ticking every 50 ms with every symbol moving.
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import os
@@ -14,11 +14,8 @@ import sys
 import zlib
 from typing import Any
 
-import jsonpatch
 import pytest
 import pytest_twisted
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from twisted.internet import reactor, utils
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -26,197 +23,19 @@ from twisted.internet.testing import StringTransport
 from quoted.loadgen.cli import Unreachable, parse_args, run
 from quoted.loadgen.conn import LoadConnection, Stats, upgrade_request
 from quoted.loadgen.run import cpu_seconds
-from quoted.loadgen.wire import (
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    FrameReader,
-    PatchError,
-    ProtocolError,
-    apply_ops,
-    client_frame,
-)
+from quoted.wire.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
 from tests.harness import SECRET, QuotedServer, free_port
+from tests.wire.framing import client_frames, server_frame
 
 FEED = {"update_interval": 0.05, "mode": "all"}
 WS = {"handshake_rate_per_ip": 0.0}
-
-
-# -- frames -------------------------------------------------------------------------------------
-
-
-def server_frame(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False) -> bytes:
-    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
-    n = len(payload)
-    if n < 126:
-        return bytes((b0, n)) + payload
-    if n < 65536:
-        return bytes((b0, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((b0, 127)) + n.to_bytes(8, "big") + payload
-
-
-def feed_all(reader: FrameReader, chunks: list[bytes]) -> list[tuple[int, bytes, bool, int]]:
-    out = []
-    for c in chunks:
-        out += reader.feed(c)
-    return out
-
-
-STREAM = (
-    server_frame(OP_TEXT, b'{"a":1}')
-    + server_frame(OP_TEXT, b"x" * 300)  # 16-bit length
-    + server_frame(OP_TEXT, b"part1-", fin=False)
-    + server_frame(OP_PING, b"hi")  # a control frame between fragments
-    + server_frame(0, b"part2-", fin=False)
-    + server_frame(0, b"end")
-    + server_frame(OP_TEXT, b"y" * 70000)  # 64-bit length
-    + server_frame(OP_CLOSE, (1000).to_bytes(2, "big") + b"bye")
-)
-EXPECTED = [
-    (OP_TEXT, b'{"a":1}', False, 7),
-    (OP_TEXT, b"x" * 300, False, 300),
-    (OP_PING, b"hi", False, 2),
-    (OP_TEXT, b"part1-part2-end", False, 15),
-    (OP_TEXT, b"y" * 70000, False, 70000),
-    (OP_CLOSE, b"\x03\xe8bye", False, 5),
-]
-
-
-def test_frames_whole_stream() -> None:
-    assert FrameReader().feed(STREAM) == EXPECTED
-
-
-def test_frames_split_at_every_position() -> None:
-    for cut in range(1, len(STREAM)):
-        got = feed_all(FrameReader(), [STREAM[:cut], STREAM[cut:]])
-        assert got == EXPECTED, cut
-
-
-def test_frames_byte_by_byte() -> None:
-    small = STREAM[: STREAM.index(b"y" * 10) - 10]  # up to the 64-bit frame
-    got = feed_all(FrameReader(), [small[i : i + 1] for i in range(len(small))])
-    assert got == EXPECTED[:4]
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        bytes((0x81, 0x81)) + b"abcd" + b"x",  # masked by the server
-        bytes((0xA1, 0)),  # RSV2
-        bytes((0x83, 0)),  # reserved opcode
-        bytes((0x09, 0)),  # fragmented ping
-        bytes((0x89, 126, 0, 200)) + b"p" * 200,  # ping over 125 bytes
-        server_frame(0, b"c"),  # continuation out of place
-        server_frame(OP_TEXT, b"a", fin=False) + server_frame(OP_TEXT, b"b"),
-    ],
-)
-def test_frames_protocol_errors(data: bytes) -> None:
-    with pytest.raises(ProtocolError):
-        FrameReader().feed(data)
-
-
-def test_frames_rsv1_marks_the_message() -> None:
-    frames = server_frame(OP_TEXT, b"ab", fin=False, rsv1=True) + server_frame(0, b"cd")
-    assert FrameReader().feed(frames) == [(OP_TEXT, b"abcd", True, 4)]
-
-
-def client_frames(data: bytes) -> list[tuple[int, bytes]]:
-    """Final, masked client frames, unmasked: [(opcode, payload)]."""
-    out = []
-    while data:
-        assert data[0] & 0x80 and data[1] & 0x80, data  # FIN and MASK
-        n, hdr = data[1] & 0x7F, 2
-        if n >= 126:
-            hdr = 4 if n == 126 else 10
-            n = int.from_bytes(data[2:hdr], "big")
-        key, body = data[hdr : hdr + 4], data[hdr + 4 : hdr + 4 + n]
-        out.append((data[0] & 0x0F, bytes(b ^ key[i % 4] for i, b in enumerate(body))))
-        data = data[hdr + 4 + n :]
-    return out
-
-
-@pytest.mark.parametrize("n", [0, 5, 125, 126, 65535, 65536])
-def test_client_frame_is_masked(n: int) -> None:
-    payload = os.urandom(n)
-    frame = client_frame(OP_PONG, payload)
-    assert client_frames(frame) == [(OP_PONG, payload)]
-    assert n < 8 or payload not in frame
-
-
-# -- the fast patch -----------------------------------------------------------------------------
 
 
 def quote(sym: str, price: float, stamp: str) -> dict[str, Any]:
     return {"symbol": sym, "name": "N & co", "current_price": price, "last_updated": stamp}
 
 
-SYMS = ["AAPL", "BTC/USD", "A~B", "BRK.B"]
-STAMPS = [f"2026-11-28T17:06:1{i}.780Z" for i in range(10)]
-ptr = st.sampled_from(SYMS).map(lambda s: s.replace("~", "~0").replace("/", "~1"))
-whole = st.builds(
-    lambda op, p, price, t: {"op": op, "path": "/quotes/" + p, "value": quote("X", price, t)},
-    st.sampled_from(["add", "replace"]),
-    ptr,
-    st.floats(1, 1e5, allow_nan=False),
-    st.sampled_from(STAMPS),
-)
-field = st.builds(
-    lambda p, f, v: {"op": "replace", "path": f"/quotes/{p}/{f}", "value": v},
-    ptr,
-    st.sampled_from(["current_price", "last_updated", "name"]),
-    st.one_of(st.floats(1, 1e5, allow_nan=False), st.sampled_from(STAMPS)),
-)
-remove = st.builds(lambda p: {"op": "remove", "path": "/quotes/" + p}, ptr)
-ops_st = st.lists(st.one_of(whole, field, remove), max_size=12)
-
-
-@settings(max_examples=300, deadline=None)
-@given(ops=ops_st, start=st.sampled_from(SYMS[:2]))
-def test_fast_patch_agrees_with_jsonpatch(ops: list[dict[str, Any]], start: str) -> None:
-    snapshot = [{"op": "add", "path": "/quotes", "value": {}}]
-    snapshot.append(
-        {
-            "op": "add",
-            "path": "/quotes/" + start.replace("/", "~1"),
-            "value": quote(start, 1.0, STAMPS[0]),
-        }
-    )
-    doc: dict[str, Any] = {}
-    apply_ops(doc, copy.deepcopy(snapshot), [])
-    for op in ops:  # one at a time: a failing op leaves both documents as before it
-        try:
-            expected = jsonpatch.apply_patch(doc, [copy.deepcopy(op)])
-        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException):
-            expected = None
-        before = copy.deepcopy(doc)
-        try:
-            apply_ops(doc, [copy.deepcopy(op)], [])
-        except PatchError:
-            assert expected is None, op
-            assert doc == before
-            continue
-        assert doc == expected, op
-
-
-def test_fast_patch_reports_new_and_stale_last_updated() -> None:
-    doc: dict[str, Any] = {}
-    updates: list[str] = []
-    ops = [
-        {"op": "add", "path": "/quotes", "value": {}},
-        {"op": "add", "path": "/quotes/BTC~1USD", "value": quote("BTC/USD", 1, STAMPS[1])},
-    ]
-    assert apply_ops(doc, ops, updates) == 0 and updates == []  # the snapshot is no update
-    ops = [
-        {"op": "replace", "path": "/quotes/BTC~1USD", "value": quote("BTC/USD", 2, STAMPS[1])},
-        {"op": "replace", "path": "/quotes/BTC~1USD/last_updated", "value": STAMPS[2]},
-        {"op": "replace", "path": "/quotes/BTC~1USD", "value": quote("BTC/USD", 3, STAMPS[3])},
-    ]
-    assert apply_ops(doc, ops, updates) == 1  # the first repeats STAMPS[1]
-    assert updates == [STAMPS[2], STAMPS[3]]
-    assert doc == {"quotes": {"BTC/USD": quote("BTC/USD", 3, STAMPS[3])}}
-    with pytest.raises(PatchError):
-        apply_ops(doc, [{"op": "replace", "path": "/quotes/NOPE", "value": {}}], [])
+STAMP = "2026-11-28T17:06:10.780Z"
 
 
 # -- one connection on a fake transport --------------------------------------------------------
@@ -268,7 +87,7 @@ def test_open_compressed_patch_ping_and_close() -> None:
         "seq": 1,
         "operations": [
             {"op": "add", "path": "/quotes", "value": {}},
-            {"op": "add", "path": "/quotes/AAPL", "value": quote("AAPL", 1, STAMPS[0])},
+            {"op": "add", "path": "/quotes/AAPL", "value": quote("AAPL", 1, STAMP)},
         ],
     }
     deflate = zlib.compressobj(wbits=-15)
@@ -276,7 +95,7 @@ def test_open_compressed_patch_ping_and_close() -> None:
     transport.clear()
     conn.dataReceived(head + server_frame(OP_TEXT, packed[:-4], rsv1=True))
     conn.dataReceived(server_frame(OP_PING, b"p") + server_frame(OP_CLOSE, b"\x0f\xa8"))
-    assert conn.doc == {"quotes": {"AAPL": quote("AAPL", 1, STAMPS[0])}}
+    assert conn.doc == {"quotes": {"AAPL": quote("AAPL", 1, STAMP)}}
     assert stats.connected == 1 and stats.messages == 1 and stats.bytes == len(packed) - 4
     assert client_frames(transport.value()) == [(OP_PONG, b"p"), (OP_CLOSE, b"\x0f\xa8")]
     assert transport.disconnecting
