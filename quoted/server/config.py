@@ -35,12 +35,12 @@ from quoted.server.settingkinds import (
     networks,
     number,
     origins,
-    parse_duration,
     prefix,
     raw_secret,
     redis_url,
     secret_file,
 )
+from quoted.wire.durations import parse_duration
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
