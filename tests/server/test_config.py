@@ -29,6 +29,7 @@ from quoted.server.config import (
     parse_duration,
     settings_table,
 )
+from quoted.server.settingkinds import integer
 from quoted.wire import durations
 
 REPO = Path(__file__).resolve().parents[2]
@@ -611,6 +612,40 @@ def test_settings_table_shape() -> None:
 
 
 # -- the object ----------------------------------------------------------------------------------
+
+
+def test_each_setting_is_a_field_of_its_section_in_order() -> None:
+    sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "dev"}
+    declared = [
+        (section, f.name)
+        for section, cls in config._SECTION_CLASSES.items()
+        for f in dataclasses.fields(cls)
+    ]
+    assert list(config._SECTION_CLASSES) == list(sections)
+    assert declared == [(s.section, s.attr) for s in config._SETTINGS]
+    assert [(s.section, s.key) for s in config._SETTINGS if s.key != s.attr] == [
+        ("auth", "secret_file")
+    ]
+
+
+def test_only_the_secret_fields_are_left_out_of_reprs() -> None:
+    hidden = {
+        (cls.__name__, f.name)
+        for cls in config._SECTION_CLASSES.values()
+        for f in dataclasses.fields(cls)
+        if not f.repr
+    }
+    assert hidden == {("AuthConfig", "secret"), ("AuthConfig", "jwks_url"), ("RedisConfig", "url")}
+
+
+def test_a_section_field_without_setting_is_refused() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Section:
+        known: int = dataclasses.field(metadata=config.setting("1", integer(0, 9), "a"))
+        stray: int = 0
+
+    with pytest.raises(TypeError, match=r"Section.stray: not declared with setting\(\)"):
+        config._read_settings({"extra": Section})
 
 
 def test_config_is_frozen() -> None:
