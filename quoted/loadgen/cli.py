@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import re
 import resource
 import signal
 import sys
@@ -28,19 +27,21 @@ from urllib.parse import urlsplit
 from twisted.internet import defer, task
 
 from quoted.loadgen.run import Options, Runner, Unreachable, run
+from quoted.wire import durations
 
 __all__ = ["Options", "Unreachable", "build_parser", "main", "parse_args", "run"]
 
 MAX_SOURCE_IPS = 4096
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 def parse_duration(text: str) -> float:
-    m = _DURATION.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a duration (60s, 500ms, 2m): {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+    """--duration, --settle, --timeout: seconds, in the settings' grammar (quoted.wire.durations),
+    so a bare number is refused ("missing unit") rather than taken as seconds."""
+    try:
+        return durations.parse_duration(text)
+    except ValueError as e:
+        reason = f"{text!r}: {e}; such as 60s, 500ms, 2m or 1m30s"
+        raise argparse.ArgumentTypeError(reason) from None
 
 
 def parse_source_ips(text: str) -> tuple[str, ...]:

@@ -1,10 +1,11 @@
 """Configuration: built-in defaults < INI file < environment < ``--listen``, checked once.
 
-Every setting is one row of ``_SETTINGS``; that table drives the defaults, the file and
-environment lookups, the error lines and :func:`settings_table`. :func:`load_config`
-reads everything, reports every problem at once in a :class:`ConfigError`, and returns a
-frozen :class:`Config`. Secrets (the HMAC secret, the Redis URL, the JWKS URL) are never
-shown in errors or reprs.
+Every setting is declared once, as a field of its section's frozen dataclass with
+``field(metadata=setting(default, kind, help, ...))``; ``_SETTINGS`` is read from those
+fields, in order, and drives the defaults, the file and environment lookups, the error lines
+and :func:`settings_table`. :func:`load_config` reads everything, reports every problem at
+once in a :class:`ConfigError`, and returns a frozen :class:`Config`. Secrets (the HMAC
+secret, the Redis URL, the JWKS URL) are never shown in errors or reprs.
 
 ``python -m quoted.config [--dev] [--listen ENDPOINT] [PATH]`` checks a file and prints
 ``ok`` (exit 0) or the problems (exit 2).
@@ -17,8 +18,9 @@ import configparser
 import difflib
 import os
 import sys
+import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from quoted.server.settingkinds import (
@@ -35,12 +37,12 @@ from quoted.server.settingkinds import (
     networks,
     number,
     origins,
-    parse_duration,
     prefix,
     raw_secret,
     redis_url,
     secret_file,
 )
+from quoted.wire.durations import parse_duration
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -56,58 +58,157 @@ ENV_PREFIX = "QUOTED_"
 HIDDEN = "<hidden>"
 
 
+# -- the settings: one field each, declared once ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    section: str
+    key: str
+    default: str  # as written in etc/quoted.conf
+    kind: Kind
+    help: str
+    aliases: tuple[str, ...] = ()  # the seed's environment variables, read after QUOTED_ ones
+    alias_kind: Kind | None = None  # how an alias's value is read, when not like the key's
+    attr: str = ""  # the dataclass field
+
+    @property
+    def env(self) -> str:
+        return f"{ENV_PREFIX}{self.section.upper()}_{self.key.upper()}"
+
+    @property
+    def name(self) -> str:
+        return f"[{self.section}] {self.key}"
+
+
+_META = "quoted.setting"
+
+
+def setting(
+    default: str,
+    kind: Kind,
+    help: str,
+    *,
+    aliases: tuple[str, ...] = (),
+    alias_kind: Kind | None = None,
+    key: str = "",
+) -> dict[str, _Setting]:
+    """The metadata declaring a section field a setting: ``field(metadata=setting(...))``.
+
+    ``default`` is the text written in etc/quoted.conf, read by ``kind`` like any other;
+    ``key`` is the name in the file when it is not the field's. The section, key and field
+    are filled in from where the field stands (:data:`_SETTINGS`).
+    """
+    return {_META: _Setting("", key, default, kind, help, aliases, alias_kind)}
+
+
+_rate = number("a number >= 0 (0 = off)", lambda v: v >= 0)
+
+
+# Each section is a field of Config, in the order of etc/quoted.conf and the README's table.
+# No dataclass defaults: a section is built with every value (mypy checks it); a setting's
+# default is text, read by its kind like a value from the file.
+# fmt: off
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    listen: str
-    shutdown_timeout: float
-    allowed_origins: tuple[str, ...]
-    trusted_proxies: tuple[Network, ...]
+    listen: str = field(metadata=setting(
+        "tcp:8080:interface=127.0.0.1", endpoint,
+        "Twisted server endpoint of the WebSocket, REST and metrics port"))
+    shutdown_timeout: float = field(metadata=setting(
+        "10s", duration("0", "10m"), "how long SIGTERM waits for clients to close"))
+    allowed_origins: tuple[str, ...] = field(metadata=setting(
+        "", origins,
+        "browser origins allowed to open WebSockets, or * (empty: the server's own host only)"))
+    trusted_proxies: tuple[Network, ...] = field(metadata=setting(
+        "", networks, "reverse proxies whose X-Forwarded-For names the client IP (empty: none)"))
 
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    secret: bytes | None = field(repr=False)
-    public_key_file: str
-    jwks_url: str = field(repr=False)
-    issuer: str
-    audience: str
-    leeway: float
+    secret: bytes | None = field(repr=False, metadata=setting(
+        "", secret_file,
+        "file holding the HMAC (HS256) token secret; JWT_SECRET gives the secret itself",
+        aliases=("JWT_SECRET",), alias_kind=raw_secret, key="secret_file"))
+    public_key_file: str = field(metadata=setting(
+        "", file, "PEM public key (RSA, ECDSA or Ed25519) that verifies tokens"))
+    jwks_url: str = field(repr=False, metadata=setting(
+        "", jwks_url,
+        "URL of a JSON Web Key Set that verifies tokens (may hold credentials: never shown)"))
+    issuer: str = field(metadata=setting(
+        "", any_text, "iss every token must carry (empty: not checked)"))
+    audience: str = field(metadata=setting(
+        "", any_text, "aud every token must include (empty: not checked)"))
+    leeway: float = field(metadata=setting(
+        "30s", duration("0", "10m"), "clock skew tolerated on exp, nbf and iat"))
 
 
 @dataclass(frozen=True, slots=True)
 class FeedConfig:
-    update_interval: float
-    oscillation_percent: float
-    mode: str
-    instruments_file: str
-    synthetic_symbols: int
+    update_interval: float = field(metadata=setting(
+        "4s", duration("10ms", "1h"), "price simulator tick",
+        aliases=("PRICE_UPDATE_INTERVAL",)))
+    oscillation_percent: float = field(metadata=setting(
+        "1", number("a number above 0 and below 100", lambda v: 0 < v < 100),
+        "each move lands within ± this percent of the base price"))
+    mode: str = field(metadata=setting(
+        "subset", choice("subset", "all"),
+        "which symbols move each tick: subset (a random few) or all"))
+    instruments_file: str = field(metadata=setting(
+        "", file, "CSV of instruments (empty: the built-in ones)"))
+    synthetic_symbols: int = field(metadata=setting(
+        "0", integer(0, 100_000), "generated instruments added for load tests"))
 
 
 @dataclass(frozen=True, slots=True)
 class WebSocketConfig:
-    max_connections: int
-    max_symbols: int
-    idle_timeout: float
-    health_check_interval: float
-    circuit_breaker_threshold: int
-    compression: bool
-    handshake_rate_per_ip: float
-    user_max_connections: int
-    message_rate: float
+    max_connections: int = field(metadata=setting(
+        "10000", integer(1, 1_000_000),
+        "open WebSocket connections; beyond it handshakes get 503",
+        aliases=("WS_MAX_CONNECTIONS",)))
+    max_symbols: int = field(metadata=setting(
+        "100", integer(1, 10_000), "symbols per connection"))
+    idle_timeout: float = field(metadata=setting(
+        "30m", duration("1s"), "close a connection that sent nothing for this long",
+        aliases=("WS_IDLE_TIMEOUT",)))
+    health_check_interval: float = field(metadata=setting(
+        "30s", duration("100ms"), "ping interval; a pong must arrive before the next ping",
+        aliases=("WS_HEALTH_CHECK_INTERVAL",)))
+    circuit_breaker_threshold: int = field(metadata=setting(
+        "5", integer(1, 100),
+        "stalled writes in a row before a slow client is closed with 4008",
+        aliases=("WS_CIRCUIT_BREAKER_THRESHOLD",)))
+    compression: bool = field(metadata=setting(
+        "on", boolean, "accept permessage-deflate when a client offers it"))
+    handshake_rate_per_ip: float = field(metadata=setting(
+        "20", _rate,
+        "WebSocket handshakes per second per client IP, burst twice that (0: off)"))
+    user_max_connections: int = field(metadata=setting(
+        "10", integer(1, 1_000_000), "open connections per token subject; beyond it 429"))
+    message_rate: float = field(metadata=setting(
+        "10", _rate, "client messages per second per connection, burst twice that (0: off)"))
 
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
-    enabled: bool
-    url: str = field(repr=False)
-    prefix: str
-    lease_ttl: float
+    enabled: bool = field(metadata=setting(
+        "no", boolean, "share one market between instances through Redis"))
+    url: str = field(repr=False, metadata=setting(
+        "redis://127.0.0.1:6379/0", redis_url,
+        "Redis to use, with user and password if any (never shown)", aliases=("REDIS_URL",)))
+    prefix: str = field(metadata=setting(
+        "quoted:", prefix, "start of every Redis key and channel"))
+    lease_ttl: float = field(metadata=setting(
+        "3s", duration("300ms", "1m"),
+        "lease of the instance that publishes prices; a dead one is replaced within it"))
 
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    level: str
-    format: str
+    level: str = field(metadata=setting(
+        "info", choice("debug", "info", "warn", "error"), "lowest level logged"))
+    format: str = field(metadata=setting(
+        "text", choice("text", "json"), "text, or JSON lines"))
+# fmt: on
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,97 +230,30 @@ class ConfigError(Exception):
         super().__init__("\n".join(self.problems))
 
 
-# -- the settings table -----------------------------------------------------------------------
+# -- the table, read from the declarations ------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Setting:
-    section: str
-    key: str
-    default: str  # as written in etc/quoted.conf
-    kind: Kind
-    help: str
-    aliases: tuple[str, ...] = ()  # the seed's environment variables, read after QUOTED_ ones
-    alias_kind: Kind | None = None  # how an alias's value is read, when not like the key's
-    attr: str = ""  # the dataclass field, when not the key
-
-    @property
-    def env(self) -> str:
-        return f"{ENV_PREFIX}{self.section.upper()}_{self.key.upper()}"
-
-    @property
-    def name(self) -> str:
-        return f"[{self.section}] {self.key}"
+def _section_classes() -> dict[str, type[Any]]:
+    """Config's fields that are sections (every dataclass-typed one), in order."""
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in fields(Config) if is_dataclass(hints[f.name])}
 
 
-_S = _Setting
-_rate = number("a number >= 0 (0 = off)", lambda v: v >= 0)
-# fmt: off
-_SETTINGS: tuple[_Setting, ...] = (
-    _S("server", "listen", "tcp:8080:interface=127.0.0.1", endpoint,
-       "Twisted server endpoint of the WebSocket, REST and metrics port"),
-    _S("server", "shutdown_timeout", "10s", duration("0", "10m"),
-       "how long SIGTERM waits for clients to close"),
-    _S("server", "allowed_origins", "", origins,
-       "browser origins allowed to open WebSockets, or * (empty: the server's own host only)"),
-    _S("server", "trusted_proxies", "", networks,
-       "reverse proxies whose X-Forwarded-For names the client IP (empty: none)"),
-    _S("auth", "secret_file", "", secret_file,
-       "file holding the HMAC (HS256) token secret; JWT_SECRET gives the secret itself",
-       aliases=("JWT_SECRET",), alias_kind=raw_secret, attr="secret"),
-    _S("auth", "public_key_file", "", file,
-       "PEM public key (RSA, ECDSA or Ed25519) that verifies tokens"),
-    _S("auth", "jwks_url", "", jwks_url,
-       "URL of a JSON Web Key Set that verifies tokens (may hold credentials: never shown)"),
-    _S("auth", "issuer", "", any_text, "iss every token must carry (empty: not checked)"),
-    _S("auth", "audience", "", any_text, "aud every token must include (empty: not checked)"),
-    _S("auth", "leeway", "30s", duration("0", "10m"),
-       "clock skew tolerated on exp, nbf and iat"),
-    _S("feed", "update_interval", "4s", duration("10ms", "1h"),
-       "price simulator tick", aliases=("PRICE_UPDATE_INTERVAL",)),
-    _S("feed", "oscillation_percent", "1", number("a number above 0 and below 100",
-                                                   lambda v: 0 < v < 100),
-       "each move lands within ± this percent of the base price"),
-    _S("feed", "mode", "subset", choice("subset", "all"),
-       "which symbols move each tick: subset (a random few) or all"),
-    _S("feed", "instruments_file", "", file,
-       "CSV of instruments (empty: the built-in ones)"),
-    _S("feed", "synthetic_symbols", "0", integer(0, 100_000),
-       "generated instruments added for load tests"),
-    _S("websocket", "max_connections", "10000", integer(1, 1_000_000),
-       "open WebSocket connections; beyond it handshakes get 503",
-       aliases=("WS_MAX_CONNECTIONS",)),
-    _S("websocket", "max_symbols", "100", integer(1, 10_000), "symbols per connection"),
-    _S("websocket", "idle_timeout", "30m", duration("1s"),
-       "close a connection that sent nothing for this long", aliases=("WS_IDLE_TIMEOUT",)),
-    _S("websocket", "health_check_interval", "30s", duration("100ms"),
-       "ping interval; a pong must arrive before the next ping",
-       aliases=("WS_HEALTH_CHECK_INTERVAL",)),
-    _S("websocket", "circuit_breaker_threshold", "5", integer(1, 100),
-       "stalled writes in a row before a slow client is closed with 4008",
-       aliases=("WS_CIRCUIT_BREAKER_THRESHOLD",)),
-    _S("websocket", "compression", "on", boolean,
-       "accept permessage-deflate when a client offers it"),
-    _S("websocket", "handshake_rate_per_ip", "20", _rate,
-       "WebSocket handshakes per second per client IP, burst twice that (0: off)"),
-    _S("websocket", "user_max_connections", "10", integer(1, 1_000_000),
-       "open connections per token subject; beyond it 429"),
-    _S("websocket", "message_rate", "10", _rate,
-       "client messages per second per connection, burst twice that (0: off)"),
-    _S("redis", "enabled", "no", boolean,
-       "share one market between instances through Redis"),
-    _S("redis", "url", "redis://127.0.0.1:6379/0", redis_url,
-       "Redis to use, with user and password if any (never shown)", aliases=("REDIS_URL",)),
-    _S("redis", "prefix", "quoted:", prefix, "start of every Redis key and channel"),
-    _S("redis", "lease_ttl", "3s", duration("300ms", "1m"),
-       "lease of the instance that publishes prices; a dead one is replaced within it"),
-    _S("log", "level", "info", choice("debug", "info", "warn", "error"),
-       "lowest level logged"),
-    _S("log", "format", "text", choice("text", "json"), "text, or JSON lines"),
-)
-# fmt: on
+def _read_settings(sections: Mapping[str, type[Any]]) -> tuple[_Setting, ...]:
+    rows: list[_Setting] = []
+    for section, cls in sections.items():
+        for f in fields(cls):
+            if _META not in f.metadata:
+                raise TypeError(f"{cls.__name__}.{f.name}: not declared with setting()")
+            declared: _Setting = f.metadata[_META]
+            key = declared.key or f.name
+            rows.append(replace(declared, section=section, key=key, attr=f.name))
+    return tuple(rows)
 
-_SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(s.section for s in _SETTINGS))
+
+_SECTION_CLASSES = _section_classes()
+_SETTINGS = _read_settings(_SECTION_CLASSES)
+_SECTIONS: tuple[str, ...] = tuple(_SECTION_CLASSES)
 _KEYS: dict[str, tuple[str, ...]] = {
     section: tuple(s.key for s in _SETTINGS if s.section == section) for section in _SECTIONS
 }
@@ -330,7 +364,7 @@ def load_config(
             text, kind, source = listen, s.kind, "--listen"
         if source and kind.strip:
             text = text.strip()
-        attr = s.attr or s.key
+        attr = s.attr
         try:
             sections[s.section][attr] = kind.parse(text)
         except ValueError as exc:
@@ -361,13 +395,7 @@ def load_config(
     if problems:
         raise ConfigError(problems)
     return Config(
-        server=ServerConfig(**sections["server"]),
-        auth=AuthConfig(**sections["auth"]),
-        feed=FeedConfig(**sections["feed"]),
-        websocket=WebSocketConfig(**sections["websocket"]),
-        redis=RedisConfig(**sections["redis"]),
-        log=LogConfig(**sections["log"]),
-        dev=dev,
+        **{name: cls(**sections[name]) for name, cls in _SECTION_CLASSES.items()}, dev=dev
     )
 
 

@@ -1,8 +1,9 @@
 """The kinds of values quoted's settings take: a parser each, and the words saying what
 it accepts (durations, bounded numbers, choices, files, URLs, origins, networks, secrets).
 
-quoted/config.py's settings table names one kind per setting; a parser raises ValueError
-with a reason, which config.py turns into the ``[section] key`` line of its error.
+Each setting of quoted/server/config.py names one kind; a parser raises ValueError with a
+reason, which config.py turns into the ``[section] key`` line of its error. The duration
+grammar itself is quoted.wire.durations, shared with the load generator.
 """
 
 from __future__ import annotations
@@ -14,40 +15,13 @@ import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from quoted.wire.durations import parse_duration
+
 MIN_SECRET_BYTES = 32
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-# -- durations ----------------------------------------------------------------------------
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)", re.ASCII)
-_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+", re.ASCII)
-_UNIT_MS = {"ms": Decimal(1), "s": Decimal(1000), "m": Decimal(60_000), "h": Decimal(3_600_000)}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Go-style duration: ``500ms``, ``4s``, ``1.5m``, ``1h30m``; ``0`` alone."""
-    s = text.strip()
-    if not s:
-        raise ValueError("empty")
-    if s.startswith("-"):
-        raise ValueError("negative")
-    if s == "0":
-        return 0.0
-    total, pos = Decimal(0), 0
-    while pos < len(s):
-        part = _DURATION_PART.match(s, pos)
-        if part is None:
-            if _NUMBER.fullmatch(s, pos):
-                raise ValueError("missing unit (ms, s, m or h)")
-            raise ValueError("not a duration")
-        total += Decimal(part[1]) * _UNIT_MS[part[2]]
-        pos = part.end()
-    return float(total / 1000)
 
 
 # -- value kinds: a parser and the text saying what it accepts --------------------------------

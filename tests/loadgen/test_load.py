@@ -112,6 +112,8 @@ def test_open_compressed_patch_ping_and_close() -> None:
         [],  # neither --secret nor --token
         ["--secret", "s", "--token", "t"],
         ["--secret", "s", "--duration", "soon"],
+        ["--secret", "s", "--duration", "0"],
+        ["--secret", "s", "--timeout", "0s"],
         ["--secret", "s", "--conns", "0"],
         ["--secret", "s", "--url", "http://127.0.0.1:1"],
         ["--secret", "s", "--source-ips", "127.0.0.9-127.0.0.2"],
@@ -144,6 +146,35 @@ def test_arguments() -> None:
     assert o.source_ips == ("127.0.0.2", "127.0.0.3", "127.0.0.4", "10.0.0.1")
     assert "a-secret-value" not in repr(o)
     assert cpu_seconds() > 0
+
+
+@pytest.mark.parametrize("option", ["--duration", "--settle", "--timeout"])
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("60", "missing unit"),  # a bare number: seconds before the one grammar, refused now
+        ("1.5", "missing unit"),
+        ("10 s", "not a duration"),
+        ("soon", "not a duration"),
+        ("-1s", "negative"),
+    ],
+)
+def test_durations_refused_with_the_reason(
+    option: str, text: str, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--secret", "s", f"{option}={text}"])  # "=": -1s is no flag
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: {text!r}: {reason}" in err
+    assert "such as 60s, 500ms, 2m or 1m30s" in err
+
+
+def test_durations_in_the_settings_grammar() -> None:
+    o = parse_args(["--secret", "s", "--duration", "1m30s", "--settle", "0", "--timeout", "1.5s"])
+    assert (o.duration, o.settle, o.timeout) == (90.0, 0.0, 1.5)
+    o = parse_args(["--secret", "s"])
+    assert (o.duration, o.settle, o.timeout) == (30.0, 1.0, 10.0)
 
 
 # -- whole runs -----------------------------------------------------------------------------------
