@@ -6,4 +6,4 @@ token minting and the duration grammar.
 It imports nothing else of quoted and nothing of Twisted; every other part may import it.
 """
 
-__all__ = ["closecodes", "frames", "messages", "patch", "symbols", "tokens"]
+__all__ = ["closecodes", "durations", "frames", "messages", "patch", "symbols", "tokens"]
