@@ -3,8 +3,11 @@
 ``MemoryQuoted`` builds the same service as ``tests.harness.QuotedServer`` (``app.build``), but on a
 fake reactor: its listener is recorded, not opened, and each client is a pair of in-memory
 transports pumped by ``flush``. Time passes only by ``advance``, so a 2 s close handshake timeout
-or a 7 s token lifetime costs nothing. What needs a real socket (the direct ``socket.send`` path
-of ``QuoteProtocol._write``, TLS, signals) stays in the real-socket tests.
+or a 7 s token lifetime costs nothing. Autobahn schedules its own timers (open and close
+handshake timeouts) through txaio's loop, not the factory's reactor: while this server moves
+bytes or time, txaio's loop is its clock (``txaio.testutil.replace_loop``). What needs a real
+socket (the direct ``socket.send`` path of ``QuoteProtocol._write``, TLS, signals) stays in the
+real-socket tests.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.test import iosim
+from txaio.testutil import replace_loop
 
 from quoted.server.app import QuotedService, build
 from quoted.server.config import Config
@@ -70,6 +74,10 @@ class MemoryQuoted:
 
     def flush(self) -> None:
         """Move every byte both ways until nothing is left (several rounds: replies)."""
+        with replace_loop(self.clock):
+            self._flush()
+
+    def _flush(self) -> None:
         for _ in range(100):
             moved = False
             for pump in list(self.pumps):
@@ -82,13 +90,14 @@ class MemoryQuoted:
 
     def advance(self, seconds: float, step: float = 0.05) -> None:
         """Let ``seconds`` pass in ``step``s, delivering what each step sends."""
-        self.flush()
-        left = seconds
-        while left > 1e-9:
-            dt = min(step, left)
-            self.clock.advance(dt)
-            self.flush()
-            left -= dt
+        with replace_loop(self.clock):
+            self._flush()
+            left = seconds
+            while left > 1e-9:
+                dt = min(step, left)
+                self.clock.advance(dt)
+                self._flush()
+                left -= dt
 
     def connect(
         self,
@@ -103,10 +112,11 @@ class MemoryQuoted:
             hdrs["Authorization"] = f"Bearer {tok}"
         factory = WebSocketClientFactory(self.url(query), headers=hdrs, reactor=self.clock)
         factory.protocol = WSClient
-        client = factory.buildProtocol(None)
-        assert isinstance(client, WSClient)
-        self.join(client)
-        self.flush()
+        with replace_loop(self.clock):
+            client = factory.buildProtocol(None)
+            assert isinstance(client, WSClient)
+            self.join(client)
+            self._flush()
         return client
 
     def endpoint(self) -> MemoryEndpoint:
@@ -129,6 +139,7 @@ class MemoryEndpoint:
 
     def connect(self, factory: Any) -> defer.Deferred[Any]:
         self.connects += 1
-        proto = factory.buildProtocol(None)
-        self.server.join(proto)
+        with replace_loop(self.server.clock):
+            proto = factory.buildProtocol(None)
+            self.server.join(proto)
         return defer.succeed(proto)
