@@ -1,6 +1,7 @@
 """quoted.client: its policies on a Clock, its wire handling on a fake transport, and the whole
-client against a real quoted on the real reactor (document, subscriptions, restart, refresh,
-backoff on 503, fatal refusals)."""
+client against a real quoted: in memory on a fake clock where only time matters (refresh,
+backoff on 503), on the real reactor for the rest (document, subscriptions, restart, fatal
+refusals)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from quoted.client.reconnect import (
 from quoted.wire.frames import text_frame
 from quoted.wire.tokens import mint_token
 from tests.harness import SECRET, QuotedServer, eventually, free_port, make_config, sleep
+from tests.memory import MemoryQuoted
 
 # -- pure policies ------------------------------------------------------------------------------
 
@@ -418,13 +420,41 @@ async def test_resubscribes_after_a_server_restart() -> None:
             await second.stop()
 
 
-@pytest_twisted.ensureDeferred
-async def test_refreshes_the_token_before_it_expires(start_server: Any) -> None:
-    server = await start_server(auth={"leeway": 0.0}, feed={"update_interval": 0.1, "mode": "all"})
+def memory_client(
+    server: MemoryQuoted, symbols: list[str], rec: Recorder, tokens: Callable[[], Any] | None = None
+) -> QuoteClient:
+    """The whole client on the server's fake clock, joined to it in memory."""
+    client = QuoteClient(
+        server.url(),
+        tokens or server.token,
+        symbols,
+        rec.updates.append,
+        reactor=server.clock,
+        on_state=rec.states.append,
+        endpoint=server.endpoint(),  # type: ignore[arg-type]
+    )
+    client.startService()
+    server.flush()
+    return client
+
+
+def memory_stopped(server: MemoryQuoted, client: QuoteClient) -> None:
+    d = defer.maybeDeferred(client.stopService)
+    server.advance(3)
+    assert d.called
+    server.stop()
+    assert server.clock.getDelayedCalls() == []
+
+
+def test_refreshes_the_token_before_it_expires() -> None:
+    server = MemoryQuoted(
+        make_config(auth={"leeway": 0.0}, feed={"update_interval": 0.1, "mode": "all"})
+    )
     # control: without a refresh the server does close such a connection with 4001
-    plain = await server.connect("symbols=AAPL", token=server.token(ttl=2))
-    code, _ = await plain.closed
-    assert code == 4001
+    plain = server.connect("symbols=AAPL", token=server.token(ttl=2))
+    assert plain.opened.called
+    server.advance(2.1)
+    assert plain.close_code == 4001
 
     issued: list[str] = []
 
@@ -433,15 +463,15 @@ async def test_refreshes_the_token_before_it_expires(start_server: Any) -> None:
         return issued[-1]
 
     rec = Recorder()
-    client = start_client(server, ["AAPL"], rec, tokens)
-    try:
-        await sleep(7.5)  # more than two lifetimes of a 3 s token
-        assert rec.names() == [CONNECTING, LIVE]  # never closed
-        assert len(issued) >= 3
-        seq = client.seq
-        await eventually(lambda: client.seq > seq)  # still streaming
-    finally:
-        await stopped(client)
+    client = memory_client(server, ["AAPL"], rec, tokens)
+    assert rec.names() == [CONNECTING, LIVE]
+    server.advance(7.5)  # more than two lifetimes of a 3 s token
+    assert rec.names() == [CONNECTING, LIVE]  # never closed
+    assert len(issued) >= 3
+    seq = client.seq
+    server.advance(0.5)
+    assert client.seq > seq  # still streaming
+    memory_stopped(server, client)
 
 
 @pytest_twisted.ensureDeferred
@@ -459,26 +489,28 @@ async def test_an_expired_connection_without_a_new_token_fails(start_server: Any
         await stopped(client)
 
 
-@pytest_twisted.ensureDeferred
-async def test_backs_off_on_503_until_the_slot_frees(start_server: Any) -> None:
-    server = await start_server(websocket={"max_connections": 1})
-    holder = await server.connect("symbols=AAPL")
+def test_backs_off_on_503_until_the_slot_frees() -> None:
+    server = MemoryQuoted(make_config(websocket={"max_connections": 1}))
+    holder = server.connect("symbols=AAPL")
+    assert holder.opened.called
     rec = Recorder()
-    client = start_client(server, ["MSFT"], rec)
-    try:
-        await eventually(lambda: client.state.name == RECONNECTING)
-        state = client.state
-        assert "503 server_full" in state.reason
-        assert state.delay >= 5  # Retry-After
-        await sleep(1.0)
-        holder.sendClose(1000)
-        await holder.closed
-        await eventually(lambda: client.state.name == LIVE, timeout=state.delay + 3)
-        assert reactor.seconds() >= state.retry_at
-        assert rec.names() == [CONNECTING, RECONNECTING, CONNECTING, LIVE]
-        await eventually(lambda: "MSFT" in client.quotes)
-    finally:
-        await stopped(client)
+    client = memory_client(server, ["MSFT"], rec)
+    assert client.state.name == RECONNECTING
+    state = client.state
+    assert "503 server_full" in state.reason
+    assert state.delay >= 5  # Retry-After
+    server.advance(1.0)
+    holder.sendClose(1000)
+    server.flush()
+    assert holder.close_code == 1000
+    server.advance(state.retry_at - server.clock.seconds() - 0.05)
+    assert rec.names() == [CONNECTING, RECONNECTING]  # not before Retry-After
+    server.advance(0.1)
+    assert server.clock.seconds() >= state.retry_at
+    assert rec.names() == [CONNECTING, RECONNECTING, CONNECTING, LIVE]
+    server.advance(0.5)
+    assert "MSFT" in client.quotes
+    memory_stopped(server, client)
 
 
 @pytest_twisted.ensureDeferred
