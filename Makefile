@@ -15,9 +15,14 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -c constraints.txt --config-settings editable_mode=compat -e .
 	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; import twisted.plugins; list(getPlugins(IPlugin, twisted.plugins))"
 
-install-test: $(BIN)/python
+# Installs quoted with its test and lint tools; again only when what it installs from changed
+# (the stamp file), so make test does not spend seconds in pip each time.
+install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: $(BIN)/python setup.cfg pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt --config-settings editable_mode=compat -e '.[test,dev]'
 	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; import twisted.plugins; list(getPlugins(IPlugin, twisted.plugins))"
+	touch $@
 
 # The daemon on built-in defaults: simulator, in-memory hub, development
 # auth that prints a demo token, on 127.0.0.1:8080.

@@ -65,7 +65,9 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0, step: floa
 class QuotedServer:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.service: QuotedService = build(config, reactor)
+        # quoted's full collection at start would walk the whole test process's heap (about
+        # 0.1 s a server here); the real twistd tests (test_process, cluster) manage it
+        self.service: QuotedService = build(config, reactor, manage_gc=False)
         self.port = 0
 
     async def start(self) -> None:

@@ -39,7 +39,7 @@ class MemoryQuoted:
         self.config = config
         self.clock = MemoryReactorClock()
         self.clock.advance(start)
-        self.service: QuotedService = build(config, self.clock)
+        self.service: QuotedService = build(config, self.clock, manage_gc=False)
         self.service.startService()
         port, self.site = self.clock.tcpServers[-1][:2]
         self.port: int = port or 8080  # nothing listens; the number only fills Host and URLs

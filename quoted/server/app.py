@@ -81,10 +81,16 @@ def with_backlog(listen: str) -> str:
     return listen
 
 
-def build(config: Config, reactor: Any, *, secret: bytes | None = None) -> QuotedService:
+def build(
+    config: Config, reactor: Any, *, secret: bytes | None = None, manage_gc: bool = True
+) -> QuotedService:
     """Every part of quoted as one service, on ``reactor`` (IReactorTime, IReactorTCP...).
 
     ``secret`` overrides the configured HMAC secret (development mode passes a random one).
+    ``manage_gc`` False leaves the process's garbage collector alone (no freeze, no schedule
+    of quoted's: quoted.server.collector), for a process that embeds quoted among other
+    work, such as a test runner, whose heap quoted's full collection at start would walk
+    every time; twistd quoted always manages it.
     """
     metrics = Metrics(CollectorRegistry())
     instruments = load_instruments(config.feed.instruments_file, config.feed.synthetic_symbols)
@@ -92,7 +98,7 @@ def build(config: Config, reactor: Any, *, secret: bytes | None = None) -> Quote
     keyset = KeySetService(reactor, config.auth.jwks_url) if config.auth.jwks_url else None
     verifier = TokenVerifier.from_config(config.auth, reactor, secret, keyset)
     ws = config.websocket
-    collector = GarbageCollector(reactor, metrics)
+    collector = GarbageCollector(reactor, metrics) if manage_gc else None
     bridge: RedisBridge | None = None
     if config.redis.enabled:
         # imported here: txredisapi imports the global reactor, which must not happen before
@@ -108,7 +114,11 @@ def build(config: Config, reactor: Any, *, secret: bytes | None = None) -> Quote
         # peers share one price source: the oscillator ticks only on the lease holder
         bridge = RedisBridge(reactor, config.redis, store, publish, metrics)
     hub = FanOutHub(
-        reactor, metrics, ws.circuit_breaker_threshold, follower=bridge, listeners=[collector]
+        reactor,
+        metrics,
+        ws.circuit_breaker_threshold,
+        follower=bridge,
+        listeners=[] if collector is None else [collector],
     )
     pool = ConnectionPool(reactor, ws)
 
@@ -149,7 +159,8 @@ def build(config: Config, reactor: Any, *, secret: bytes | None = None) -> Quote
         keyset.setServiceParent(service)
     if bridge is not None:  # started first; stopped after the drain (QuotedService._stop)
         bridge.setServiceParent(service)
-    collector.setServiceParent(service)
+    if collector is not None:
+        collector.setServiceParent(service)
     pool.setServiceParent(service)
     oscillator.setServiceParent(service)
     listener = Listener(reactor, with_backlog(config.server.listen), site)

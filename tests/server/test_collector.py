@@ -83,3 +83,17 @@ def test_full_collection_without_broadcasts_every_five_minutes(
     for _ in range(int(IDLE_FULL_EVERY / YOUNG_EVERY)):
         clock.advance(YOUNG_EVERY)
     assert value(metrics, "quoted_gc_pause_seconds_count", generation="2") == 1
+
+
+def test_build_manages_the_garbage_collector_unless_told_not_to() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from quoted.server.app import build
+    from tests.harness import make_config
+
+    def collectors(manage_gc: bool) -> list[object]:
+        service = build(make_config(), MemoryReactorClock(), manage_gc=manage_gc)
+        return [s for s in service if isinstance(s, GarbageCollector)]
+
+    assert len(collectors(True)) == 1
+    assert collectors(False) == []
