@@ -18,7 +18,6 @@ import pytest_twisted
 from tests.harness import QuotedServer
 from tests.test_browser import node_tools
 
-
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "docs" / "asyncapi.yaml"
 BROWSER_DIR = ROOT / "tests" / "browser"

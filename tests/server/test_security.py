@@ -42,7 +42,6 @@ from tests.harness import SECRET, QuotedServer, WSClient, eventually, make_confi
 from tests.jwksserver import JWKSServer
 from tests.memory import MemoryQuoted
 
-
 ensure = pytest_twisted.ensureDeferred
 ISSUER = "https://id.quoted.test/"
 AUDIENCE = "quoted"
