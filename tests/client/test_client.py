@@ -322,17 +322,26 @@ class Recorder:
 
 
 def start_client(
-    server: QuotedServer, symbols: list[str], rec: Recorder, tokens: Callable[[], Any] | None = None
+    server: QuotedServer | MemoryQuoted,
+    symbols: list[str],
+    rec: Recorder,
+    tokens: Callable[[], Any] | None = None,
 ) -> QuoteClient:
+    """A started client of ``server``: over real sockets on the reactor, or, for a
+    MemoryQuoted, on its fake clock and joined to it in memory."""
+    in_memory = isinstance(server, MemoryQuoted)
     client = QuoteClient(
         server.url(),
         tokens or server.token,
         symbols,
         rec.updates.append,
-        reactor=reactor,
+        reactor=server.clock if in_memory else reactor,
         on_state=rec.states.append,
+        **({"endpoint": server.endpoint()} if in_memory else {}),
     )
     client.startService()
+    if in_memory:
+        server.flush()
     return client
 
 
@@ -420,24 +429,6 @@ async def test_resubscribes_after_a_server_restart() -> None:
             await second.stop()
 
 
-def memory_client(
-    server: MemoryQuoted, symbols: list[str], rec: Recorder, tokens: Callable[[], Any] | None = None
-) -> QuoteClient:
-    """The whole client on the server's fake clock, joined to it in memory."""
-    client = QuoteClient(
-        server.url(),
-        tokens or server.token,
-        symbols,
-        rec.updates.append,
-        reactor=server.clock,
-        on_state=rec.states.append,
-        endpoint=server.endpoint(),  # type: ignore[arg-type]
-    )
-    client.startService()
-    server.flush()
-    return client
-
-
 def memory_stopped(server: MemoryQuoted, client: QuoteClient) -> None:
     d = defer.maybeDeferred(client.stopService)
     server.advance(3)
@@ -463,7 +454,7 @@ def test_refreshes_the_token_before_it_expires() -> None:
         return issued[-1]
 
     rec = Recorder()
-    client = memory_client(server, ["AAPL"], rec, tokens)
+    client = start_client(server, ["AAPL"], rec, tokens)
     assert rec.names() == [CONNECTING, LIVE]
     server.advance(7.5)  # more than two lifetimes of a 3 s token
     assert rec.names() == [CONNECTING, LIVE]  # never closed
@@ -494,7 +485,7 @@ def test_backs_off_on_503_until_the_slot_frees() -> None:
     holder = server.connect("symbols=AAPL")
     assert holder.opened.called
     rec = Recorder()
-    client = memory_client(server, ["MSFT"], rec)
+    client = start_client(server, ["MSFT"], rec)
     assert client.state.name == RECONNECTING
     state = client.state
     assert "503 server_full" in state.reason
