@@ -13,8 +13,8 @@ with jitter). What it does (quoted.server.cluster.lease holds the keys, scripts 
   arrives on the channels. Both go through :meth:`apply`: newer (fence, ms) only, with
   ``apply_prices``, so every process builds the same bytes, and one ``publish`` per batch.
 - **Follow.** The hub (the bridge is its follower) calls :meth:`follow` when a symbol gets its
-  first local subscriber: the
-  bridge SUBSCRIBEs to its channel, then reads it with HMGET and applies it if newer. Every
+  first local subscriber: the bridge SUBSCRIBEs to its channel, then reads it with HMGET and
+  applies it if newer. Every
   second it UNSUBSCRIBEs, in one command, the symbols nobody here uses any more and scores this
   process's symbols in the interest ZSET 5 s ahead; every 2 s it re-reads the followed symbols
   (HMGET, 500 a batch) to make good a message lost in a reconnection.
