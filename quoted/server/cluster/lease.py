@@ -1,4 +1,4 @@
-"""What peers share through Redis: key names, the Lua scripts and the ``fence ms price`` codec.
+"""What peers share through Redis: key names, the Lua scripts and the shared quotes' codec.
 
 The feed lease is one key holding the leader's random token, set with ``NX PX ttl`` and renewed
 with a compare-and-renew script. Taking it also takes a fencing number, ``max(previous + 1,
@@ -11,21 +11,39 @@ its lease (GC, SIGSTOP, a partition) cannot publish once another took over.
 :class:`SubscriberFactory` are txredisapi's reconnecting factories, telling their owner when a
 connection becomes usable and when it is lost.
 
-A shared quote travels as ``fence unix_ms price``: every peer, the leader included, builds the
-quote with ``Entry.set(price, unix_ms)``, which gives the same JSON bytes everywhere, and applies
-it only if its :class:`Stamp` is newer than the last one it applied for that symbol.
+A shared quote is one hash field per symbol (and the same text on the symbol's channel), in one
+of two forms, told apart by their number of space-separated fields:
+
+- ``fence unix_ms price``: a simulator tick (:func:`encode`), the price rounded to cents, written
+  by the lease holder's PUBLISH script; what peers before published quotes wrote.
+- ``version unix_ms price volume base``: a published tick (:func:`encode_published`), written
+  by the RECORD script (quoted.server.cluster.order), which decides in one step whether the
+  tick is stale and its version (the previous value's first field + 1, so a published quote
+  outranks the simulator quote it follows). The price is exact (``format_number``: a
+  published price is not rounded); ``volume`` (an integer) and ``base`` (the reference
+  price) are ``-`` when no tick of the symbol ever gave one, and otherwise the last given
+  (the script carries them forward).
+
+Every field is checked when read (:func:`decode`): integers of at most 15 digits (exact in
+Lua's doubles), prices and bases plain decimals above 0 (a base at most 1e12, as a reference
+price), a volume below 2**63; anything else is malformed, skipped by readers and overwritten
+by the next recorded tick. Every peer, the recorder included, builds the quote with
+``Entry.put(price, unix_ms, volume, base)``, which gives the same JSON bytes everywhere, and
+applies it only if its :class:`Stamp` (first field, then time) is newer than the last one it
+applied for that symbol.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import txredisapi
-from twisted.internet.defer import Deferred, FirstError
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
@@ -35,7 +53,9 @@ from quoted.server.store import Entry, format_number, round2
 
 __all__ = [
     "ACQUIRE",
+    "BATCH",
     "CONNECT_TIMEOUT",
+    "MAX_BASE",
     "PUBLISH",
     "RELEASE",
     "RENEW",
@@ -43,15 +63,20 @@ __all__ = [
     "CommandFactory",
     "FeedLease",
     "Keys",
+    "Read",
     "RedisTarget",
     "Shared",
     "Stamp",
     "SubscriberFactory",
     "decode",
     "encode",
+    "encode_published",
     "endpoint",
+    "interest_args",
     "parse_shared",
     "parse_url",
+    "publish_args",
+    "read_shared",
     "root_failure",
 ]
 
@@ -116,6 +141,8 @@ class Keys:
     quotes: str
     interest: str
     channel: str  # + SYMBOL
+    market: str  # the pattern of every channel
+    cursor: str  # + stream name
 
     @classmethod
     def of(cls, prefix: str) -> Keys:
@@ -125,25 +152,41 @@ class Keys:
             quotes=prefix + "quotes",
             interest=prefix + "interest",
             channel=prefix + "sym:",
+            market=re.sub(r"([\\*?\[\]])", r"\\\1", prefix) + "sym:*",
+            cursor=prefix + "cursor:",
         )
+
+    def cursor_of(self, stream: str) -> str:
+        """The key holding the id of the last entry of ``stream`` applied by any peer."""
+        return self.cursor + stream
 
 
 class Stamp(NamedTuple):
-    """Orders shared quotes: a later leader (fence) wins, then a later millisecond.
+    """Orders shared quotes: a higher first field wins (a later leader's fence, a later
+    recorded version), then a later millisecond.
 
     Tuple order is the order: ``Stamp(2, 1) > Stamp(1, 9)``; ``Stamp(0, 0)`` is older than any
     published quote.
     """
 
-    fence: int
+    version: int
     ms: int
 
 
 class Shared(NamedTuple):
-    """One quote as Redis carries it."""
+    """One quote as Redis carries it; ``volume`` and ``base`` None when it names none."""
 
     stamp: Stamp
     price: float
+    volume: int | None = None
+    base: float | None = None
+
+
+MAX_BASE = 1e12  # a reference price's bound (quoted.server.feeds.items.MAX_PRICE)
+_INT = re.compile(r"[0-9]{1,15}")
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_VOLUME = re.compile(r"[0-9]{1,19}")
+_UNKNOWN = "-"
 
 
 def encode(fence: int, ms: int, price: float) -> str:
@@ -151,19 +194,70 @@ def encode(fence: int, ms: int, price: float) -> str:
     return f"{fence} {ms} {format_number(round2(price))}"
 
 
+def publish_args(
+    token: str, channel: str, fence: int, moves: Iterable[tuple[Entry, float]], at_ms: int
+) -> tuple[list[object], list[tuple[Entry, Shared]]]:
+    """PUBLISH's ARGV for a simulator tick, and the shared quotes it writes: each price
+    rounded to cents, the entries whose quote it would not change left out."""
+    args: list[object] = [token, channel]
+    batch: list[tuple[Entry, Shared]] = []
+    stamp = Stamp(fence, at_ms)
+    for e, p in moves:
+        price = round2(p)
+        cur = e.latest
+        if price == cur.current_price and at_ms == cur.last_updated_ms:
+            continue
+        args += (e.symbol, encode(fence, at_ms, price))
+        batch.append((e, Shared(stamp, price)))
+    return args, batch
+
+
+def interest_args(until_ms: int, symbols: Sequence[str]) -> Iterator[list[object]]:
+    """ZADD's score, member pairs scoring ``symbols`` at ``until_ms``, BATCH a command."""
+    for i in range(0, len(symbols), BATCH):
+        yield [x for s in symbols[i : i + BATCH] for x in (until_ms, s)]
+
+
+def encode_published(
+    version: int, ms: int, price: float, volume: int | None, base: float | None
+) -> str:
+    """``version ms price volume base``, as the RECORD script writes it: the exact price,
+    ``-`` for an unknown volume or base."""
+    vol = _UNKNOWN if volume is None else str(volume)
+    ref = _UNKNOWN if base is None else format_number(base)
+    return f"{version} {ms} {format_number(price)} {vol} {ref}"
+
+
+def _decimal(text: str, limit: float = math.inf) -> float:
+    if _DECIMAL.fullmatch(text) is None:
+        raise ValueError("malformed shared quote")
+    v = float(text)
+    if not 0 < v <= limit or not math.isfinite(v):
+        raise ValueError("malformed shared quote")
+    return v
+
+
 def decode(payload: str | bytes) -> Shared:
-    """Parse ``fence ms price``; ValueError when it is not three numbers with a positive price."""
+    """Parse either form (module docstring); ValueError when any field is malformed."""
     if isinstance(payload, bytes):
-        payload = payload.decode("ascii")
+        payload = payload.decode("ascii")  # UnicodeDecodeError is a ValueError
     parts = payload.split(" ")
-    if len(parts) != 3:
+    if len(parts) not in (3, 5) or not all(_INT.fullmatch(p) for p in parts[:2]):
         raise ValueError("malformed shared quote")
-    fence, ms, price = int(parts[0]), int(parts[1]), float(parts[2])
-    if fence < 0 or ms < 0 or not math.isfinite(price) or not price > 0:
-        raise ValueError("malformed shared quote")
-    return Shared(Stamp(fence, ms), price)
+    stamp = Stamp(int(parts[0]), int(parts[1]))
+    price = _decimal(parts[2])
+    if len(parts) == 3:
+        return Shared(stamp, price)
+    volume: int | None = None
+    if parts[3] != _UNKNOWN:
+        if _VOLUME.fullmatch(parts[3]) is None or int(parts[3]) >= 2**63:
+            raise ValueError("malformed shared quote")
+        volume = int(parts[3])
+    base = None if parts[4] == _UNKNOWN else _decimal(parts[4], MAX_BASE)
+    return Shared(stamp, price, volume, base)
 
 
+BATCH = 500  # symbols a command
 REPLY_TIMEOUT = 1.0
 CONNECT_TIMEOUT = 2.0
 
@@ -348,6 +442,7 @@ def root_failure(failure: Failure) -> Failure:
 
 
 _log = Logger()
+Read = tuple[list[tuple[Entry, Shared]], list[Entry]]  # present, missing
 
 
 def parse_shared(
@@ -362,3 +457,23 @@ def parse_shared(
             yield e, decode(payload)
         except ValueError:
             _log.warn("ignored a malformed shared quote of {symbol}", symbol=sym)
+
+
+def read_shared(
+    call: Callable[..., Deferred[Any]],
+    key: str,
+    lookup: Callable[[str], Entry | None],
+    entries: Sequence[Entry],
+) -> Deferred[Read]:
+    """HMGET the entries' shared quotes from the hash ``key``, BATCH a command: (present,
+    missing)."""
+    chunks = [entries[i : i + BATCH] for i in range(0, len(entries), BATCH)]
+    ds = [call("HMGET", key, *[e.symbol for e in c]) for c in chunks]
+
+    def split(replies: list[list[str | None]]) -> Read:
+        es = [e for c in chunks for e in c]
+        vs = [v for r in replies for v in r]
+        missing = [e for e, v in zip(es, vs, strict=True) if v is None]
+        return list(parse_shared(lookup, [e.symbol for e in es], vs)), missing
+
+    return gatherResults(ds, consumeErrors=True).addCallback(split)
