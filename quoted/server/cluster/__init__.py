@@ -6,4 +6,5 @@ when ``[redis] enabled`` is set (txredisapi imports the global reactor).
 __all__ = [
     "bridge",
     "lease",
+    "order",
 ]

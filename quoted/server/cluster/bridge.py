@@ -9,15 +9,17 @@ with jitter). What it does (quoted.server.cluster.lease holds the keys, scripts 
   a peer uses.
 - **Publish.** A tick (:meth:`emit`) is one EVALSHA that checks the lease still holds this
   process's token, then writes ``fence ms price`` to the quotes hash and publishes it on the
-  symbol's channel. The leader applies the tick once the script said yes; the others apply what
-  arrives on the channels. Both go through :meth:`apply`: newer (fence, ms) only, with
-  ``apply_prices``, so every process builds the same bytes, and one ``publish`` per batch.
+  symbol's channel. The leader applies the tick once the script said yes; the others apply
+  what arrives on the channels. Both go through :meth:`apply`: newer stamps only, one
+  ``publish`` per batch, the same bytes on every process.
+- **Record.** With another source (``simulated`` False), :meth:`record` orders published
+  ticks in Redis (quoted.server.cluster.order). Every process follows the whole market (one
+  PSUBSCRIBE), so REST shows every published quote; a new leader seeds nothing.
 - **Follow.** The hub (the bridge is its follower) calls :meth:`follow` when a symbol gets its
   first local subscriber: the bridge SUBSCRIBEs to its channel, then reads it with HMGET and
-  applies it if newer. Every
-  second it UNSUBSCRIBEs, in one command, the symbols nobody here uses any more and scores this
-  process's symbols in the interest ZSET 5 s ahead; every 2 s it re-reads the followed symbols
-  (HMGET, 500 a batch) to make good a message lost in a reconnection.
+  applies it if newer. Every second it UNSUBSCRIBEs, in one command, the symbols nobody here
+  uses any more and scores this process's symbols in the interest ZSET 5 s ahead; every 2 s
+  it re-reads the followed symbols (HMGET, 500 a batch) to make good a lost message.
 - **Outage.** A lost connection or a reply later than 1 s (PING every 500 ms) marks Redis down:
   ``quoted_broker_up`` 0, ``/readyz`` 200 degraded, nobody leads, no client is dropped. The
   process that led when Redis went away keeps ticking its own clients' symbols locally; the
@@ -46,18 +48,23 @@ from quoted.server.cluster.lease import (
     CommandFactory,
     FeedLease,
     Keys,
+    Read,
     Shared,
     Stamp,
     SubscriberFactory,
-    encode,
     endpoint,
+    interest_args,
     parse_shared,
     parse_url,
+    publish_args,
+    read_shared,
     root_failure,
 )
+from quoted.server.cluster.order import RECORD, record_args, recorded, unavailable
 from quoted.server.config import RedisConfig
+from quoted.server.feeds.sink import Batch, BrokerUnavailable, Cursor
 from quoted.server.metrics import Metrics
-from quoted.server.store import Entry, PriceAt, Quote, QuoteStore, apply_prices, round2
+from quoted.server.store import Entry, Quote, QuoteStore, apply_prices
 from quoted.server.timers import Periodic
 
 __all__ = ["RedisBridge"]
@@ -66,10 +73,8 @@ PING_EVERY = 0.5
 UPKEEP_EVERY = 1.0
 INTEREST_TTL_MS = 5000
 REPAIR_EVERY = 2.0
-BATCH = 500
 
 Move = tuple[Entry, float]
-Read = tuple[list[tuple[Entry, Shared]], list[Entry]]  # present, missing
 
 
 class RedisBridge(MultiService):
@@ -90,14 +95,21 @@ class RedisBridge(MultiService):
         metrics: Metrics,
         *,
         token: str | None = None,
+        stream: str = "quoted:ticks",
+        simulated: bool = True,
     ) -> None:
         """``publish`` delivers each applied batch of quotes (the hub's publish); it is called
         only while the bridge runs. The hub tells the bridge which entries are used here
-        (:meth:`follow`, :meth:`unfollow`): the bridge is the hub's follower."""
+        (:meth:`follow`, :meth:`unfollow`): the bridge is the hub's follower. ``stream`` names
+        the Redis Stream whose cursor :meth:`record` moves (``[feed] stream``); ``simulated``
+        says whether the simulator feeds the market (else published ticks do: module
+        docstring)."""
         super().__init__()
         self._reactor = reactor
         self._target = parse_url(config.url)
         self._keys = Keys.of(config.prefix)
+        self._cursor_key = self._keys.cursor_of(stream)
+        self._simulated = simulated
         self._ttl = config.lease_ttl
         token = token if token is not None else secrets.token_hex(16)
         self._lease = FeedLease(self._seconds, self._ttl, self._keys, token, self._new_leader)
@@ -182,21 +194,36 @@ class RedisBridge(MultiService):
         if not self.reached:
             return 503, {"status": "starting", "reason": "redis not reached yet"}
         if not self.up:
-            return 200, {"status": "degraded", "reason": "redis unreachable: serving local prices"}
+            serving = "local prices" if self._simulated else "the last prices, publishing refused"
+            return 200, {"status": "degraded", "reason": f"redis unreachable: serving {serving}"}
         return None
 
     def apply(self, batch: Iterable[tuple[Entry, Shared]]) -> list[Quote]:
         """Apply each shared quote newer than the last applied for its entry; publish the new
         quotes as one batch and return them."""
-        prices: list[PriceAt] = []
+        quotes: list[Quote] = []
         applied = self._applied
         for e, s in batch:
             prev = applied.get(e)
             if prev is not None and s.stamp <= prev:
                 continue
             applied[e] = s.stamp
-            prices.append((e, s.price, s.stamp.ms))
-        return apply_prices(prices, self._publish_quotes)
+            # exact: a simulator price is rounded already (encode), so put agrees with set
+            q = e.put(s.price, s.stamp.ms, s.volume, s.base)
+            if q is not None:
+                quotes.append(q)
+        if quotes:
+            self._publish_quotes(quotes)
+        return quotes
+
+    def record(self, batch: Batch, cursor: Cursor | None) -> Deferred[list[bool]]:
+        """quoted.server.feeds.sink.SharedOrder: one RECORD script for ``batch`` (and the
+        cursor); the recorded quotes applied here, as one batch, before the Deferred fires."""
+        if not self.up:
+            return defer.fail(BrokerUnavailable("redis is not reachable"))
+        keys = [self._keys.quotes, self._cursor_key]
+        d = self._eval(RECORD, keys, record_args(self._keys.channel, batch, cursor))
+        return d.addCallbacks(recorded, unavailable, (batch, self.apply))
 
     # -- service ------------------------------------------------------------------------------
 
@@ -285,7 +312,7 @@ class RedisBridge(MultiService):
         self._resyncing = True
         self._applied.clear()
         self._followed = set(self._used)
-        d = self._subscribe(self._followed)
+        d = self._subscribe(self._followed) if self._simulated else self._subscribe_market()
         d.addCallback(lambda _: self._call("HGETALL", self._keys.quotes))
         d.addCallback(self._loaded)
         d.addErrback(self._failed, "resynchronise")
@@ -330,11 +357,17 @@ class RedisBridge(MultiService):
     def _subscribe(self, entries: Iterable[Entry]) -> Deferred[Any]:
         chans = [self._keys.channel + e.symbol for e in entries]
         sub = self._sub
-        if not chans:
+        if not chans or not self._simulated:  # the market's pattern covers every channel
             return defer.succeed(None)
         if sub is None:
             return defer.fail(txredisapi.ConnectionError("redis is not connected"))
         return defer.maybeDeferred(sub.subscribe, chans)
+
+    def _subscribe_market(self) -> Deferred[Any]:
+        """PSUBSCRIBE every symbol's channel (the prefix's glob characters escaped)."""
+        if self._sub is None:
+            return defer.fail(txredisapi.ConnectionError("redis is not connected"))
+        return defer.maybeDeferred(self._sub.psubscribe, self._keys.market)
 
     def _failed(self, failure: Failure, what: str) -> None:
         f = root_failure(failure)
@@ -344,17 +377,7 @@ class RedisBridge(MultiService):
         self.log.failure("redis {what} failed", f, what=what, log_id="quoted.redis.error")
 
     def _read(self, entries: Sequence[Entry]) -> Deferred[Read]:
-        """HMGET the entries' shared quotes, BATCH a command: (present, missing)."""
-        chunks = [entries[i : i + BATCH] for i in range(0, len(entries), BATCH)]
-        ds = [self._call("HMGET", self._keys.quotes, *[e.symbol for e in c]) for c in chunks]
-
-        def split(replies: list[list[str | None]]) -> Read:
-            es = [e for c in chunks for e in c]
-            vs = [v for r in replies for v in r]
-            missing = [e for e, v in zip(es, vs, strict=True) if v is None]
-            return list(parse_shared(self._store.lookup, [e.symbol for e in es], vs)), missing
-
-        return defer.gatherResults(ds, consumeErrors=True).addCallback(split)
+        return read_shared(self._call, self._keys.quotes, self._store.lookup, entries)
 
     # -- the lease ------------------------------------------------------------------------------
 
@@ -363,22 +386,20 @@ class RedisBridge(MultiService):
             self._lease.tick(self._eval, self._failed)
 
     def _new_leader(self) -> None:
+        if not self._simulated:  # nothing to seed: start-up quotes would outrank published ones
+            return
         d = self._refresh_union()
         d.addCallback(lambda _: self._seed_missing())
         d.addErrback(self._failed, "seed")
 
     def _refresh_union(self) -> Deferred[None]:
+        """Read which symbols any process uses (the interest ZSET), dropping expired ones."""
         now_ms = int(self._seconds() * 1000)
         interest = self._keys.interest
         trim = self._call("ZREMRANGEBYSCORE", interest, "-inf", f"({now_ms}")
         trim.addErrback(self._failed, "trim interest")
         d = self._call("ZRANGEBYSCORE", interest, now_ms, "+inf")
-
-        def got(members: list[str]) -> None:
-            lookup = self._store.lookup
-            self._union = [e for e in map(lookup, members) if e is not None]
-
-        return d.addCallback(got)
+        return d.addCallback(lambda ms: setattr(self, "_union", _entries(self._store, ms)))
 
     def _seed_missing(self) -> Deferred[None]:
         """A new leader publishes its current quote of every used symbol the hash lacks."""
@@ -396,17 +417,7 @@ class RedisBridge(MultiService):
     # -- publish and apply ----------------------------------------------------------------------
 
     def _publish(self, moves: Sequence[Move], at_ms: int) -> int:
-        fence = self.fence
-        args: list[object] = [self._lease.token, self._keys.channel]
-        batch: list[tuple[Entry, Shared]] = []
-        stamp = Stamp(fence, at_ms)
-        for e, p in moves:
-            price = round2(p)
-            cur = e.latest
-            if price == cur.current_price and at_ms == cur.last_updated_ms:
-                continue
-            args += (e.symbol, encode(fence, at_ms, price))
-            batch.append((e, Shared(stamp, price)))
+        args, batch = publish_args(self._lease.token, self._keys.channel, self.fence, moves, at_ms)
         if not batch:
             return 0
         d = self._eval(PUBLISH, [self._keys.lease, self._keys.quotes], args)
@@ -462,7 +473,7 @@ class RedisBridge(MultiService):
             return
         self._sweep()
         self._add_interest()
-        if self.leading():
+        if self.leading() and self._simulated:
             self._refresh_union().addErrback(self._failed, "read interest")
         now = self._seconds()
         if now - self._last_repair >= REPAIR_EVERY:
@@ -477,20 +488,25 @@ class RedisBridge(MultiService):
         drop = self._followed - self._used.keys()
         if drop and self._sub is not None:
             self._followed -= drop
-            chans = [self._keys.channel + e.symbol for e in drop]
-            d = defer.maybeDeferred(self._sub.unsubscribe, chans)
-            d.addErrback(self._failed, "unsubscribe")
+            if self._simulated:
+                chans = [self._keys.channel + e.symbol for e in drop]
+                d = defer.maybeDeferred(self._sub.unsubscribe, chans)
+                d.addErrback(self._failed, "unsubscribe")
         todo = [e for e in self._used if e not in self._followed]
         if todo:
             self._follow(todo)
 
     def _add_interest(self, entries: Iterable[Entry] | None = None) -> None:
-        """Score this process's used symbols (or ``entries``) INTEREST_TTL_MS ahead."""
+        """Score this process's used symbols (or ``entries``) INTEREST_TTL_MS ahead, for the
+        leader's simulator."""
+        if not self._simulated:
+            return
         symbols = sorted(e.symbol for e in (self._used if entries is None else entries))
         until = int(self._seconds() * 1000) + INTEREST_TTL_MS
-        for i in range(0, len(symbols), BATCH):
-            args: list[object] = []
-            for s in symbols[i : i + BATCH]:
-                args += (until, s)
+        for args in interest_args(until, symbols):
             d = self._call("ZADD", self._keys.interest, "GT", *args)
             d.addErrback(self._failed, "record interest")
+
+
+def _entries(store: QuoteStore, symbols: Iterable[str]) -> list[Entry]:
+    return [e for e in map(store.lookup, symbols) if e is not None]
