@@ -116,8 +116,17 @@ def build(
         def publish(quotes: list[Quote]) -> None:
             hub.publish(quotes)
 
-        # peers share one price source: the oscillator ticks only on the lease holder
-        bridge = RedisBridge(reactor, config.redis, store, publish, metrics)
+        # peers share one price source: the oscillator ticks only on the lease holder; any
+        # other source's ticks are ordered in Redis (the sink's shared order)
+        bridge = RedisBridge(
+            reactor,
+            config.redis,
+            store,
+            publish,
+            metrics,
+            stream=config.feed.stream,
+            simulated=config.feed.source == "simulator",
+        )
     hub = FanOutHub(
         reactor,
         metrics,
@@ -150,11 +159,14 @@ def build(
             on_tick=on_tick,
             emit=None if bridge is None else bridge.emit,
         )
-    elif bridge is not None:
-        raise ValueError(
-            f"[feed] source = {source}: with [redis] enabled only the simulator is supported yet"
-        )
-    sink = FeedSink(store, hub.publish, reactor, metrics, future_ms=int(config.auth.leeway * 1000))
+    sink = FeedSink(
+        store,
+        hub.publish,
+        reactor,
+        metrics,
+        future_ms=int(config.auth.leeway * 1000),
+        shared=None if bridge is None or oscillator is not None else bridge,
+    )
     feed: IService | None = None
     if source not in ("simulator", "publish"):
         feed = plugin_feed(source, config.feed_options, sink, reactor)
