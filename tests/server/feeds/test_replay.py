@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, globalLogPublisher
@@ -23,8 +24,16 @@ from quoted.server.feeds.replay import (
     ReplayTick,
     read_ticks,
 )
-from quoted.server.feeds.sink import PublishResult, Rejected
+from quoted.server.feeds.sink import (
+    Batch,
+    BrokerUnavailable,
+    FeedSink,
+    PublishResult,
+    SharedOrder,
+)
 from quoted.server.instruments import builtin_instruments
+from quoted.server.metrics import Metrics
+from quoted.server.store import Quote, QuoteStore
 
 T0 = "2026-12-02T14:30:00.000Z"
 
@@ -34,13 +43,20 @@ def at(ms: int) -> str:
     return f"2026-12-02T14:30:{ms // 1000:02d}.{ms % 1000:03d}Z"
 
 
-class RecordingSink:
-    """DEV STAND-IN until FeedSink lands: records each publish call's time and items."""
+class RecordedSink(FeedSink):
+    """The real sink, telling when each ``publish`` call came and with which items."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, store: QuoteStore, shared: SharedOrder | None) -> None:
         self.clock = clock
+        self.broadcasts: list[tuple[float, list[Quote]]] = []
         self.calls: list[tuple[float, list[dict[str, Any]]]] = []
-        self.answer: Deferred[PublishResult] | None = None
+        registry = CollectorRegistry()
+        super().__init__(
+            store, self._broadcast, clock, Metrics(registry), future_ms=5000, shared=shared
+        )
+
+    def _broadcast(self, quotes: list[Quote]) -> None:
+        self.broadcasts.append((self.clock.seconds(), quotes))
 
     def publish(
         self,
@@ -49,23 +65,53 @@ class RecordingSink:
         symbols: frozenset[str] | None = None,
         cursor: str | None = None,
     ) -> Deferred[PublishResult]:
-        got = [dict(i) for i in items if isinstance(i, dict)]
-        self.calls.append((self.clock.seconds(), got))
-        if self.answer is not None:
-            d, self.answer = self.answer, None
-            return d
-        rejected = tuple(
-            Rejected(n, str(i["symbol"]), "unknown_symbol", "not an instrument")
-            for n, i in enumerate(got)
-            if i["symbol"] == "NOPE"
-        )
-        return succeed(PublishResult(len(got) - len(rejected), rejected))
+        self.calls.append((self.clock.seconds(), [dict(i) for i in items if isinstance(i, dict)]))
+        return super().publish(items, symbols=symbols, cursor=cursor)
+
+
+class HeldOrder:
+    """A shared order (Redis's place) that answers only when told: a slow broker. Each
+    ``record`` waits in ``held``; ``release`` records every tick of the oldest one."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[Batch, Deferred[list[bool]]]] = []
+
+    def record(self, batch: Batch, cursor: str | None) -> Deferred[list[bool]]:
+        d: Deferred[list[bool]] = Deferred()
+        self.held.append((batch, d))
+        return d
+
+    def release(self) -> None:
+        batch, d = self.held.pop(0)
+        d.callback([True] * len(batch))
+
+
+class DownOrder:
+    """A shared order whose broker is down for its first ``down`` calls."""
+
+    def __init__(self, down: int) -> None:
+        self.down = down
+
+    def record(self, batch: Batch, cursor: str | None) -> Deferred[list[bool]]:
+        if self.down:
+            self.down -= 1
+            return fail(BrokerUnavailable("redis: connection refused"))
+        return succeed([True] * len(batch))
 
 
 class Harness:
-    def __init__(self, ticks: Sequence[ReplayTick], speed: float = 1, loop: bool = False) -> None:
+    """A real FeedSink over a QuoteStore of the built-in instruments, on a Clock."""
+
+    def __init__(
+        self,
+        ticks: Sequence[ReplayTick],
+        speed: float = 1,
+        loop: bool = False,
+        shared: SharedOrder | None = None,
+    ) -> None:
         self.clock = Clock()
-        self.sink = RecordingSink(self.clock)
+        self.store = QuoteStore(builtin_instruments(), start_ms=0)
+        self.sink = RecordedSink(self.clock, self.store, shared)
         self.feed = ReplayFeed(self.clock, ticks, speed, loop, self.sink)
 
     def moments(self) -> list[tuple[float, list[str]]]:
@@ -343,23 +389,23 @@ def test_stop_cancels_the_pending_call_and_start_begins_again() -> None:
 
 def test_late_moments_go_out_in_one_call_when_the_publish_in_flight_settles() -> None:
     """One publish in flight at a time: what fell due meanwhile is sent at once, in one call."""
-    h = Harness(ticks(*SPEC))
-    slow: Deferred[PublishResult] = Deferred()
-    h.sink.answer = slow
+    broker = HeldOrder()
+    h = Harness(ticks(*SPEC), shared=broker)
     h.feed.startService()
     h.clock.advance(0)
     h.clock.advance(2)
     assert h.moments() == [(0, ["AAPL"])]
     assert h.clock.getDelayedCalls() == []
-    slow.callback(PublishResult(1, ()))
+    broker.release()
     h.clock.advance(0)
     assert h.moments() == [(0, ["AAPL"]), (2, ["MSFT", "GLD", "SPY"])]
+    broker.release()
+    assert h.clock.getDelayedCalls() == []
 
 
 def test_stop_waits_for_the_publish_in_flight() -> None:
-    h = Harness(ticks(*SPEC))
-    slow: Deferred[PublishResult] = Deferred()
-    h.sink.answer = slow
+    broker = HeldOrder()
+    h = Harness(ticks(*SPEC), shared=broker)
     h.feed.startService()
     h.clock.advance(0)
     stopped = h.feed.stopService()
@@ -367,24 +413,26 @@ def test_stop_waits_for_the_publish_in_flight() -> None:
     done: list[object] = []
     stopped.addCallback(done.append)
     assert done == []
-    slow.callback(PublishResult(1, ()))
+    broker.release()
     assert done == [None]
+    assert len(h.sink.calls) == 1
     assert h.clock.getDelayedCalls() == []
 
 
 def test_a_looped_file_far_behind_skips_whole_passes() -> None:
-    h = Harness(ticks(*SPEC), loop=True)  # a pass of 1.5 s
-    slow: Deferred[PublishResult] = Deferred()
-    h.sink.answer = slow
+    broker = HeldOrder()
+    h = Harness(ticks(*SPEC), loop=True, shared=broker)  # a pass of 1.5 s
     h.feed.startService()
     h.clock.advance(0)
     h.clock.advance(10)  # 6.67 passes
-    slow.callback(PublishResult(1, ()))
+    broker.release()
     h.clock.advance(0)
+    broker.release()
     # the rest of the first pass, then the moments due of the pass starting at 9 s
     assert h.moments()[1] == (10, ["MSFT", "GLD", "SPY", "AAPL", "MSFT", "GLD", "SPY"])
     h.clock.advance(0.5)
     assert h.moments()[2] == (10.5, ["AAPL"])
+    broker.release()
     h.feed.stopService()
 
 
@@ -396,7 +444,7 @@ def test_rejections_are_logged_once_per_code_per_minute_with_counts(
     h.clock.pump([0] + [0.5] * 119)  # 59.5 s
     logged = ids(log_events, "quoted.replay.rejected")
     assert [(e["code"], e["count"]) for e in logged] == [("unknown_symbol", 1)]
-    assert logged[0]["example"] == "NOPE: not an instrument"
+    assert logged[0]["example"] == "NOPE: 'NOPE' is not an instrument of this server"
     h.clock.advance(0.5)  # 60 s: the first NOPE of the 41st pass
     logged = ids(log_events, "quoted.replay.rejected")
     assert [e["count"] for e in logged] == [1, 80]
@@ -406,15 +454,16 @@ def test_rejections_are_logged_once_per_code_per_minute_with_counts(
 
 
 def test_a_failed_publish_is_logged_and_the_replay_goes_on(log_events: list[LogEvent]) -> None:
-    h = Harness(ticks(*SPEC))
-    h.sink.answer = fail(RuntimeError("broker unavailable"))
+    h = Harness(ticks(*SPEC), shared=DownOrder(2))
     h.feed.startService()
     h.clock.pump([0, 0.25, 0.75])
     assert len(h.sink.calls) == 3
+    # the first failure at once, the second (within the minute) when the replay ends
     failed = ids(log_events, "quoted.replay.publish_failed")
-    assert len(failed) == 1
-    assert failed[0]["log_failure"].check(RuntimeError)
+    assert [e["count"] for e in failed] == [1, 1]
+    assert failed[0]["log_failure"].check(BrokerUnavailable)
     assert len(ids(log_events, "quoted.replay.finished")) == 1
+    assert h.clock.getDelayedCalls() == []
 
 
 def test_a_publish_raising_is_a_failed_publish(log_events: list[LogEvent]) -> None:
@@ -443,3 +492,53 @@ def test_a_bad_speed(speed: float) -> None:
 def test_no_ticks() -> None:
     with pytest.raises(ValueError, match="no ticks"):
         Harness([])
+
+
+# -- from a file through the real sink --------------------------------------------------------
+
+
+def test_a_file_replayed_into_the_store_stamped_with_receipt_time(
+    tmp_path: Path, log_events: list[LogEvent]
+) -> None:
+    """The store shows the recorded prices at the replay's own times; a bad price in the
+    file is the sink's to refuse (bad_price), and the rest plays on."""
+    path = write(
+        tmp_path,
+        f"time,symbol,price,volume\n{T0},AAPL,180.5,100\n{at(500)},MSFT,-1,\n"
+        f"{at(500)},GLD,190.25,\n{at(1500)},aapl,181,200\n",
+    )
+    h = Harness(read_ticks(path), loop=True)
+    h.clock.advance(100)  # the replay starts later than the recording's own clock
+    h.feed.startService()
+    h.clock.pump([0, 0.5, 1.0])
+    assert [
+        (t, [(q.entry.instrument.symbol, q.current_price) for q in qs])
+        for t, qs in (h.sink.broadcasts)
+    ] == [(100, [("AAPL", 180.5)]), (100.5, [("GLD", 190.25)]), (101.5, [("AAPL", 181.0)])]
+    aapl = h.store.lookup("AAPL")
+    assert aapl is not None
+    assert aapl.latest.last_updated_ms == 101_500  # receipt time, not 2026-12-02's
+    assert aapl.volume == 200
+    rejected = ids(log_events, "quoted.replay.rejected")
+    assert [(e["code"], e["count"]) for e in rejected] == [("bad_price", 1)]
+    # the next pass, after the median gap (of 500 and 1000 ms), is new, not stale
+    assert h.feed.restart_gap_ms == 750
+    h.clock.pump([0.75, 0.5, 1.0])
+    assert [t for t, _ in h.sink.broadcasts] == [100, 100.5, 101.5, 102.25, 102.75, 103.75]
+    assert [e["code"] for e in ids(log_events, "quoted.replay.rejected")] == ["bad_price"]
+    h.feed.stopService()
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_the_shipped_sample_replays_with_nothing_rejected(log_events: list[LogEvent]) -> None:
+    got = read_ticks(SAMPLE_FILE)
+    h = Harness(got, speed=10)
+    h.feed.startService()
+    h.clock.pump([0] + [0.01] * 600)  # the 60 s at ten times the pace
+    assert len(ids(log_events, "quoted.replay.finished")) == 1
+    assert ids(log_events, "quoted.replay.rejected") == []
+    assert len(h.sink.broadcasts) == len({t.offset_ms for t in got})
+    assert len(h.sink.broadcasts[0][1]) == 20  # every quote set at the first moment
+    last = {t.item["symbol"]: t.item["price"] for t in got}
+    assert {e.instrument.symbol: e.latest.current_price for e in h.store} == last
+    assert h.clock.getDelayedCalls() == []
