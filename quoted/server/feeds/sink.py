@@ -28,7 +28,15 @@ from quoted.server.feeds.items import STALE, ItemError, Tick, parse_item
 from quoted.server.metrics import Metrics
 from quoted.server.store import Entry, Quote, QuoteStore, format_time_ms
 
-__all__ = ["BrokerUnavailable", "FeedSink", "PublishResult", "Rejected", "SharedOrder"]
+__all__ = [
+    "BrokerUnavailable",
+    "Cursor",
+    "CursorMoved",
+    "FeedSink",
+    "PublishResult",
+    "Rejected",
+    "SharedOrder",
+]
 
 ACCEPTED = "accepted"
 
@@ -36,6 +44,15 @@ ACCEPTED = "accepted"
 class BrokerUnavailable(Exception):
     """Redis cannot be reached: nothing of the call was applied (the publish API answers
     503 ``broker_unavailable`` with Retry-After)."""
+
+
+class CursorMoved(Exception):
+    """The shared cursor was not where the caller last saw it (another instance read the
+    stream meanwhile): nothing of the call was applied; read the cursor again."""
+
+
+Cursor = tuple[str, str]
+"""A stream source's position: (the entry id it read from, the last entry id of the call)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +90,14 @@ Batch = list[tuple[Entry, Tick]]
 class SharedOrder(Protocol):
     """Where the order is decided when instances share a market (the Redis bridge)."""
 
-    def record(self, batch: Batch, cursor: str | None) -> Deferred[list[bool]]:
+    def record(self, batch: Batch, cursor: Cursor | None) -> Deferred[list[bool]]:
         """Record each tick unless it is older than its symbol's shared quote; True for each
         recorded, False for each stale, in ``batch``'s order. The recorded ones are applied
-        and broadcast (one batch) before the Deferred fires; ``cursor``, when given, is
-        stored with them atomically (a Redis Stream source's last entry id). Fails with
-        :class:`BrokerUnavailable` when nothing could be recorded."""
+        and broadcast (one batch) before the Deferred fires. ``cursor`` (a Redis Stream
+        source's (expected, new) entry ids), when given, moves the shared cursor from
+        expected to new atomically with the ticks, or fails with :class:`CursorMoved` and
+        records nothing if it is not at expected. Fails with :class:`BrokerUnavailable`
+        when nothing could be recorded."""
         ...
 
 
@@ -113,13 +132,14 @@ class FeedSink:
         items: Sequence[object],
         *,
         symbols: frozenset[str] | None = None,
-        cursor: str | None = None,
+        cursor: Cursor | None = None,
     ) -> Deferred[PublishResult]:
         """Check every item, apply the good ones and say what became of each.
 
         ``symbols``, when given, is what the publisher may publish (a token's ``symbols``
         claim): items outside it are ``forbidden_symbol``. ``cursor`` is passed to the
-        shared order (alone it is the caller's to keep).
+        shared order (:meth:`SharedOrder.record`; alone the position is the caller's to
+        keep), even when no item is good, so a stream moves past its bad entries.
         """
         received = self._clock.seconds()
         receipt_ms = int(received * 1000)
@@ -157,7 +177,7 @@ class FeedSink:
             latest[entry] = tick
             indexes.setdefault(entry, []).append(index)
         batch: Batch = list(latest.items())
-        if self._shared is None or not batch:
+        if self._shared is None or (not batch and cursor is None):
             recorded = [self._in_order(e, t) for e, t in batch]
             self._apply([bt for bt, ok in zip(batch, recorded, strict=True) if ok])
             return succeed(self._result(batch, recorded, indexes, rejected, received))
