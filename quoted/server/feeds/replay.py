@@ -272,15 +272,10 @@ def _read_ndjson(first: str, lines: _Lines, collector: _Collector) -> None:
 
 
 class Sink(Protocol):
-    """What the feed publishes into: :class:`quoted.server.feeds.sink.FeedSink`."""
+    """What the feed publishes into: :class:`quoted.server.feeds.sink.FeedSink` (a replay
+    has no symbols limit nor cursor to pass)."""
 
-    def publish(
-        self,
-        items: Sequence[object],
-        *,
-        symbols: frozenset[str] | None = None,
-        cursor: str | None = None,
-    ) -> Deferred[PublishResult]: ...
+    def publish(self, items: Sequence[object]) -> Deferred[PublishResult]: ...
 
 
 class _Clock(Protocol):

@@ -27,6 +27,7 @@ from quoted.server.feeds.replay import (
 from quoted.server.feeds.sink import (
     Batch,
     BrokerUnavailable,
+    Cursor,
     FeedSink,
     PublishResult,
     SharedOrder,
@@ -63,7 +64,7 @@ class RecordedSink(FeedSink):
         items: Sequence[object],
         *,
         symbols: frozenset[str] | None = None,
-        cursor: str | None = None,
+        cursor: Cursor | None = None,
     ) -> Deferred[PublishResult]:
         self.calls.append((self.clock.seconds(), [dict(i) for i in items if isinstance(i, dict)]))
         return super().publish(items, symbols=symbols, cursor=cursor)
