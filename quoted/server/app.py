@@ -156,7 +156,12 @@ def build(
         )
     sink = FeedSink(store, hub.publish, reactor, metrics, future_ms=int(config.auth.leeway * 1000))
     feed: IService | None = None
-    if source not in ("simulator", "publish"):
+    if source == "redis_stream":
+        # imported here, as the bridge is: txredisapi imports the global reactor
+        from quoted.server.cluster.stream import stream_feed  # noqa: PLC0415
+
+        feed = stream_feed(config, sink, reactor, bridge)
+    elif source not in ("simulator", "publish"):
         feed = plugin_feed(source, config.feed_options, sink, reactor)
     factory = QuoteFactory(reactor, ws, store, hub, pool, verifier, metrics)
     limiter = IPRateLimiter(reactor, ws.handshake_rate_per_ip)

@@ -26,6 +26,7 @@ from twisted.internet import defer, reactor
 
 from quoted.server.cluster.stream import Malformed, StreamFeed, _Tally, cursor_key, entry_item
 from quoted.server.feeds.sink import CursorMoved, PublishResult
+from quoted.server.store import format_time_ms
 from tests.harness import QuotedServer, eventually, make_config, sleep
 from tests.server.cluster.test_redis import Redis, _read_reply
 
@@ -268,3 +269,140 @@ async def test_cursor_moved_makes_it_read_the_cursor_again(
     readers(redis.url, stream, sink, leading=lambda: True, cursor=key)
     await eventually(lambda: len(sink.calls) == 1, timeout=3)
     assert sink.calls[0] == ([{"symbol": "AAPL", "price": 3.0}], (ids[1], ids[2]))
+
+
+# -- inside a real quoted ------------------------------------------------------------------------
+
+
+@pytest_twisted.async_yield_fixture
+async def servers() -> AsyncIterator[Any]:
+    """``await servers(config)``: a started QuotedServer, stopped after the test."""
+    started: list[QuotedServer] = []
+
+    async def start(config: Any) -> QuotedServer:
+        s = QuotedServer(config)
+        await s.start()
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        if s.service.running:
+            await s.stop()
+
+
+def stream_config(url: str, stream: str, **redis: Any) -> Any:
+    return make_config(
+        feed={"source": "redis_stream", "stream": stream},
+        redis={"url": url, **redis},
+        server={"shutdown_timeout": 0.5},
+    )
+
+
+def items(s: QuotedServer, result: str | None = None) -> float:
+    """quoted_publish_items_total of ``result``, or of every result."""
+    registry = s.parts.metrics.registry
+    if result is not None:
+        return registry.get_sample_value("quoted_publish_items_total", {"result": result}) or 0.0
+    return sum(
+        sample.value
+        for metric in registry.collect()
+        if metric.name == "quoted_publish_items"
+        for sample in metric.samples
+        if sample.name == "quoted_publish_items_total"
+    )
+
+
+@pytest.fixture
+def logged() -> Iterator[list[dict[str, Any]]]:
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+@ensure
+async def test_entries_reach_rest_and_subscribers(redis: Redis, stream: str, servers: Any) -> None:
+    s = await servers(stream_config(redis.url, stream))
+    client = await s.connect("symbols=AAPL,MSFT")
+    await client.wait_type("quotes_patch")
+    now = int(reactor.seconds() * 1000)
+    xadd(redis, stream, symbol="AAPL", price="151.25", time=format_time_ms(now), volume=1200)
+    xadd(redis, stream, symbol="msft", price="321.5", reference_price="300")
+
+    def arrived() -> bool:
+        q = client.quotes()
+        return q["AAPL"]["current_price"] == 151.25 and q["MSFT"]["current_price"] == 321.5
+
+    await eventually(arrived, timeout=5)
+    rest = await s.rest_quotes(["AAPL", "MSFT"])
+    assert client.quotes() == rest
+    assert rest["AAPL"]["volume"] == 1200 and rest["AAPL"]["last_updated"] == format_time_ms(now)
+    assert rest["MSFT"]["base_price"] == 300 and rest["MSFT"]["change"] == 21.5
+    assert items(s, "accepted") == 2
+
+
+@ensure
+async def test_a_malformed_entry_is_counted_and_skipped(
+    redis: Redis, stream: str, servers: Any, logged: list[dict[str, Any]]
+) -> None:
+    s = await servers(stream_config(redis.url, stream))
+    xadd(redis, stream, symbol="AAPL", price="10")
+    xadd(redis, stream, symbol="MSFT", price="abc")  # bad_price
+    xadd(redis, stream, symbol="MSFT", price="11", colour="red")  # bad_item: unknown field
+    call_bytes(redis, "XADD", stream, "*", "symbol", b"\xff\xfeAAPL", "price", "12")  # not UTF-8
+    xadd(redis, stream, symbol="NOPE", price="13")  # unknown_symbol
+    xadd(redis, stream, symbol="TSLA", price="14", time="yesterday")  # bad_time
+    xadd(redis, stream, symbol="MSFT", price="20")
+    await eventually(lambda: items(s) == 7, timeout=5)
+    assert items(s, "accepted") == 2
+    assert items(s, "bad_price") == items(s, "unknown_symbol") == items(s, "bad_time") == 1
+    assert items(s, "bad_item") == 2
+    rest = await s.rest_quotes(["AAPL", "MSFT", "TSLA"])
+    assert rest["AAPL"]["current_price"] == 10 and rest["MSFT"]["current_price"] == 20
+    # one warning per code at once; the second bad_item waits for its minute
+    warned = [e for e in logged if e.get("log_id") == "quoted.stream.refused_entries"]
+    assert sorted(e["code"] for e in warned) == [
+        "bad_item",
+        "bad_price",
+        "bad_time",
+        "unknown_symbol",
+    ]
+    assert all(e["n"] == 1 for e in warned)
+    bad_item = next(e for e in warned if e["code"] == "bad_item")
+    assert "colour" in bad_item["example"]
+    # still reading
+    xadd(redis, stream, symbol="AAPL", price="30")
+    await eventually(lambda: items(s, "accepted") == 3, timeout=5)
+
+
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[Redis]:
+    r = DurableRedis(tmp_path)
+    yield r
+    r.kill()
+
+
+@ensure
+async def test_the_reader_survives_a_redis_restart_without_losing_or_repeating(
+    durable_redis: Redis, stream: str, servers: Any
+) -> None:
+    r = durable_redis
+    s = await servers(stream_config(r.url, stream))
+    # no time field: each entry takes its receipt time, so one read twice would be accepted
+    # twice (never stale) and show in the count
+    for p in (1, 2, 3):
+        xadd(r, stream, symbol="AAPL", price=p)
+    await eventually(lambda: items(s) == 3, timeout=5)
+    r.kill()
+    await sleep(0.5)  # the reader's XREAD fails; txredisapi retries with backoff
+    r.start()  # the same port and append-only file: the stream is back
+    assert r.call("XLEN", stream) == 3
+    for p in (4, 5, 6):
+        xadd(r, stream, symbol="AAPL", price=p)
+    await eventually(lambda: items(s) == 6, timeout=10)
+    await sleep(1.5)  # a whole BLOCK later: nothing read again
+    assert items(s) == items(s, "accepted") == 6
+    assert (await s.rest_quotes(["AAPL"]))["AAPL"]["current_price"] == 6
