@@ -20,7 +20,7 @@ from quoted.server.collector import GarbageCollector
 from quoted.server.config import Config
 from quoted.server.feeds.simulator import OscillatorService
 from quoted.server.feeds.sink import FeedSink
-from quoted.server.feeds.sources import plugin_feed
+from quoted.server.feeds.sources import plugin_feed, replay_feed
 from quoted.server.gate import Gate
 from quoted.server.hub import FanOutHub
 from quoted.server.instruments import load_instruments
@@ -156,7 +156,10 @@ def build(
         )
     sink = FeedSink(store, hub.publish, reactor, metrics, future_ms=int(config.auth.leeway * 1000))
     feed: IService | None = None
-    if source == "redis_stream":
+    if source == "replay":
+        fc = config.feed
+        feed = replay_feed(fc.replay_file, fc.replay_speed, fc.replay_loop, sink, reactor)
+    elif source == "redis_stream":
         # imported here, as the bridge is: txredisapi imports the global reactor
         from quoted.server.cluster.stream import stream_feed  # noqa: PLC0415
 

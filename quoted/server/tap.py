@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from quoted.server import logs
@@ -18,6 +19,7 @@ from quoted.server.instruments import InstrumentError
 from quoted.wire.tokens import mint_token
 
 DEMO_TTL = 24 * 3600
+_log = Logger()
 DEMO_SYMBOLS = "AAPL,GOOGL"
 
 
@@ -76,6 +78,8 @@ def makeService(options: dict[str, Any]) -> IService:
     except ConfigError as e:
         raise SystemExit(f"quoted: configuration error:\n{e}") from None
     logs.configure(config.log)
+    for warning in config.warnings:
+        _log.warn("configuration: {warning}", warning=warning, log_id="quoted.config.warning")
     secret = None
     auth = config.auth
     if config.dev and auth.secret is None and not auth.public_key_file and not auth.jwks_url:
