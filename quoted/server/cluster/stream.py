@@ -246,7 +246,10 @@ class StreamFeed(MultiService):
         if self._next is not None and self._next.active():
             self._next.cancel()
         if self._factory is not None:  # a pending XREAD fails with ConnectionError
-            await self._factory.disconnect()
+            try:
+                await self._factory.disconnect()
+            except Exception as e:
+                self.log.warn("redis stream reader: disconnect failed: {error}", error=str(e))
         self._conn = None
         if self._busy:  # a batch the sink is applying (moving the shared cursor): let it end
             d: Deferred[None] = Deferred()
@@ -301,17 +304,21 @@ class StreamFeed(MultiService):
             return
         if not self._may_read():
             if self.position is not None:
-                self.position = None
-                self.log.info(
-                    "redis stream reader: not the feed leader, stopped reading",
-                    log_id="quoted.stream.follower",
-                )
+                self._stand_down()
             return
         self._busy = True
         d = defer.succeed(self.position) if self.position is not None else self._load()
         d.addCallback(self._read)
         d.addErrback(self._failed)
         d.addBoth(self._done)
+
+    def _stand_down(self) -> None:
+        """Not the leader (any more): forget the position; the cursor is read again on leading."""
+        self.position = None
+        self.log.info(
+            "redis stream reader: not the feed leader, stopped reading",
+            log_id="quoted.stream.follower",
+        )
 
     def _done(self, again: object) -> None:
         self._busy = False
@@ -350,9 +357,10 @@ class StreamFeed(MultiService):
         entries = _entries(reply)
         if not entries:
             return True
-        if not self.running or not self._may_read():
-            # the lease went while XREAD waited: the next leader reads these entries
-            self.position = None if self._leading is not None else start
+        if not self.running:
+            return False
+        if not self._may_read():  # the lease went while XREAD waited: the next leader reads them
+            self._stand_down()
             return False
         ids = [i for i, _ in entries]
         items: list[object] = [entry_item(fields) for _, fields in entries]

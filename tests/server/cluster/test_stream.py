@@ -271,6 +271,31 @@ async def test_cursor_moved_makes_it_read_the_cursor_again(
     assert sink.calls[0] == ([{"symbol": "AAPL", "price": 3.0}], (ids[1], ids[2]))
 
 
+@ensure
+async def test_one_batch_in_flight_and_stop_waits_for_it(
+    redis: Redis, stream: str, readers: Any
+) -> None:
+    pending: list[defer.Deferred[PublishResult]] = []
+
+    class SlowSink:
+        def publish(self, items: Any, *, cursor: Any = None) -> defer.Deferred[PublishResult]:
+            pending.append(defer.Deferred())
+            return pending[-1]
+
+    xadd(redis, stream, symbol="AAPL", price=1)
+    feed = readers(redis.url, stream, SlowSink())
+    await eventually(lambda: len(pending) == 1)
+    xadd(redis, stream, symbol="AAPL", price=2)
+    await sleep(0.3)
+    assert len(pending) == 1  # no XREAD while the sink applies the batch
+    stopped = feed.stopService()
+    await sleep(0.1)
+    assert not stopped.called
+    pending[0].callback(PublishResult(1))
+    await stopped
+    assert len(pending) == 1
+
+
 # -- inside a real quoted ------------------------------------------------------------------------
 
 
