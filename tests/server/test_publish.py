@@ -7,10 +7,14 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 
+from quoted.server.errors import HTTPError
+from quoted.server.publish import read_items
 from quoted.server.store import format_time_ms
 from tests.harness import QuotedServer, eventually, http, sleep
 
@@ -226,3 +230,21 @@ async def test_many_posts_keep_the_documents_equal_to_rest(publisher: Any) -> No
     r = await s.get("/v1/instruments", s.token())
     aapl = next(i for i in r.json()["instruments"] if i["symbol"] == "AAPL")
     assert aapl["volume"] == 39 and aapl["base_price"] == rest["AAPL"]["base_price"]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64) | JSON.map(lambda v: json.dumps({"quotes": v}).encode()))
+def test_any_body_is_items_or_a_400(raw_body: bytes) -> None:
+    try:
+        items = read_items(raw_body, "application/json", 10)
+    except HTTPError as e:
+        assert (e.status, e.code) == (400, "bad_request") and e.message
+    else:
+        assert isinstance(items, list) and len(items) <= 10

@@ -6,7 +6,7 @@ Playback goes into a sink and what reached it is read back with the clock's time
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.logger import LogEvent
 
 from quoted.server.feeds import replay
 from quoted.server.feeds.replay import (
@@ -122,16 +122,6 @@ class Harness:
 
 def ticks(*spec: tuple[int, str]) -> list[ReplayTick]:
     return [ReplayTick(ms, {"symbol": s, "price": 100.0}) for ms, s in spec]
-
-
-@pytest.fixture
-def log_events() -> Iterator[list[LogEvent]]:
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(events.append)
 
 
 def ids(events: list[LogEvent], log_id: str) -> list[LogEvent]:
