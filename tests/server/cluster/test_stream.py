@@ -24,6 +24,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
+from quoted.server.cluster.bridge import RedisBridge
 from quoted.server.cluster.stream import Malformed, StreamFeed, _Tally, cursor_key, entry_item
 from quoted.server.feeds.sink import CursorMoved, PublishResult
 from quoted.server.store import format_time_ms
@@ -431,3 +432,56 @@ async def test_the_reader_survives_a_redis_restart_without_losing_or_repeating(
     await sleep(1.5)  # a whole BLOCK later: nothing read again
     assert items(s) == items(s, "accepted") == 6
     assert (await s.rest_quotes(["AAPL"]))["AAPL"]["current_price"] == 6
+
+
+SYMBOLS = ["AAPL", "MSFT", "TSLA"]
+
+
+@pytest.mark.skipif(
+    not hasattr(RedisBridge, "record"), reason="needs RedisBridge.record (the shared order)"
+)
+@ensure
+async def test_with_redis_only_the_leader_reads_and_the_next_goes_on_from_the_cursor(
+    redis: Redis, stream: str, servers: Any
+) -> None:
+    prefix = f"qt-{secrets.token_hex(4)}:"
+    config = stream_config(redis.url, stream, enabled=True, prefix=prefix, lease_ttl=1.0)
+    a, b = await servers(config), await servers(config)
+    await eventually(lambda: sum(s.parts.bridge.leading() for s in (a, b)) == 1, timeout=5)
+    leader, other = (a, b) if a.parts.bridge.leading() else (b, a)
+    client = await other.connect("symbols=" + ",".join(SYMBOLS))
+    await client.wait_type("quotes_patch")
+    key = cursor_key(prefix, stream)
+    ids: list[str] = []
+    last: dict[str, float] = {}
+
+    def add() -> None:
+        n = len(ids)
+        symbol, price = SYMBOLS[n % 3], 100.0 + n
+        ids.append(xadd(redis, stream, symbol=symbol, price=price))
+        last[symbol] = price
+
+    for _ in range(10):
+        add()
+    await eventually(lambda: items(leader) == 10, timeout=5)
+    await sleep(0.3)
+    assert items(other) == 0  # the follower never read
+    assert redis.call("GET", key) == ids[-1]
+
+    async def keep_adding(n: int) -> None:
+        for _ in range(n):
+            add()
+            await sleep(0.02)
+
+    adding = defer.ensureDeferred(keep_adding(20))
+    await leader.stop()  # releases the lease: the other leads at its next try
+    await adding
+    await eventually(lambda: items(leader) + items(other) == 30, timeout=10)
+    await sleep(1.5)  # a whole BLOCK later: nothing read twice
+    # (no time field: an entry read twice would be accepted twice, never stale)
+    assert items(leader, "accepted") + items(other, "accepted") == 30
+    assert items(leader) + items(other) == 30
+    assert items(other) > 0 and redis.call("GET", key) == ids[-1]
+    rest = await other.rest_quotes(SYMBOLS)
+    assert {s: q["current_price"] for s, q in rest.items()} == last
+    await eventually(lambda: client.quotes() == rest, timeout=3)
