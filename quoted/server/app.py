@@ -171,6 +171,11 @@ def build(
     if source == "replay":
         fc = config.feed
         feed = replay_feed(fc.replay_file, fc.replay_speed, fc.replay_loop, sink, reactor)
+    elif source == "redis_stream":
+        # imported here, as the bridge is: txredisapi imports the global reactor
+        from quoted.server.cluster.stream import stream_feed  # noqa: PLC0415
+
+        feed = stream_feed(config, sink, reactor, bridge)
     elif source not in ("simulator", "publish"):
         feed = plugin_feed(source, config.feed_options, sink, reactor)
     factory = QuoteFactory(reactor, ws, store, hub, pool, verifier, metrics)

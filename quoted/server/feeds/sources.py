@@ -2,9 +2,11 @@
 
 ``simulator`` is the oscillator (quoted.server.feeds.simulator, wired by app.build because
 with Redis it ticks through the lease); ``publish`` is no service, only the route
-``POST /v1/quotes`` (quoted.server.publish). The others are built here: ``replay``
-(quoted.server.feeds.replay), ``redis_stream`` (quoted.server.cluster.stream) and every
-plugin feed (quoted.server.feeds.plugins). Errors are ValueErrors naming the setting, so
+``POST /v1/quotes`` (quoted.server.publish); ``redis_stream`` is
+quoted.server.cluster.stream.stream_feed, which app.build calls itself (the cluster package
+is imported only by the wiring, and lazily: txredisapi imports the global reactor). The
+others are built here: ``replay`` (quoted.server.feeds.replay) and every plugin feed
+(quoted.server.feeds.plugins). Errors are ValueErrors naming the setting, so
 the start stops with one line.
 """
 
