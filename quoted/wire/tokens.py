@@ -25,10 +25,13 @@ def mint_token(
     algorithm: str = "HS256",
     issuer: str = "",
     audience: str = "",
+    scope: str | None = None,
 ) -> str:
     """An HMAC-signed token for ``subject``: iat ``now``, exp ``now + ttl`` (whole seconds; a
-    negative ttl makes an expired token), the ``symbols`` claim when given, and ``iss``/``aud``
-    when given. For the development-mode demo token, tests and the load generator."""
+    negative ttl makes an expired token), the ``symbols`` claim when given, ``iss``/``aud``
+    when given, and the ``scope`` claim (OAuth's space-separated string, such as
+    ``"quotes:publish"`` for the publish API) when given. For the development-mode demo
+    token, tests and the load generator."""
     if not subject:
         raise ValueError("mint token: empty subject")
     if not secret:
@@ -46,4 +49,6 @@ def mint_token(
         claims["aud"] = audience
     if symbols is not None:
         claims["symbols"] = list(symbols)
+    if scope is not None:
+        claims["scope"] = scope
     return jwt.encode(claims, secret, algorithm=algorithm)
