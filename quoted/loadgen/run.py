@@ -3,7 +3,10 @@
 :class:`Runner` opens the connections (quoted.loadgen.conn) at most ``rate`` handshakes per
 second and at most MAX_IN_FLIGHT at once, spread over the source addresses; holds the
 load for the duration (counted from when every initial connection has answered);
-then compares each live document with GET /v1/quotes and closes everything.
+then compares each live document with GET /v1/quotes and closes everything. With
+``publish_rate``, a :class:`~quoted.loadgen.publish.Publisher` posts prices to
+``POST /v1/quotes`` over the same window and is stopped (every post answered) before the
+settle and the check, so the documents are compared with a still REST.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from quoted.loadgen.conn import (
     Stats,
     upgrade_request,
 )
+from quoted.loadgen.publish import PUBLISH_SCOPE, Publisher
 from quoted.wire.closecodes import CLOSE_NORMAL
 from quoted.wire.tokens import mint_token
 
@@ -68,6 +72,9 @@ class Options:
     settle: float = 1.0
     seed: int | None = None
     timeout: float = 10.0
+    publish_rate: float = 0.0  # posts a second to POST /v1/quotes (0: no publisher)
+    publish_symbols: int = 50  # symbols per post
+    publish_token: str = dataclasses.field(default="", repr=False)
 
     @property
     def http_base(self) -> str:
@@ -120,6 +127,8 @@ class Runner:
         self.connect_hist = HdrHistogram(1, 3_600_000_000, 3)  # microseconds
         self.rng = random.Random(opts.seed)
         self.pool: list[str] = []
+        self.base_prices: dict[str, float] = {}
+        self.publisher: Publisher | None = None
         self.queue: deque[tuple[int, bool]] = deque()  # (index, slow) waiting to dial
         self.in_flight = 0
         self.credit = 1.0
@@ -303,7 +312,13 @@ class Runner:
             f"\rconnected {len(self.live)}/{self.opts.conns} failed {s.failed}"
             f"  msgs/s {(s.messages - m0) / dt:.0f}  updates/s {(s.updates - u0) / dt:.0f}"
             f"  p99 {self.latency.get_value_at_percentile(99)}ms"
-            f"  cpu {(cpu - c0) / dt * 100:.0f}%   "
+            f"  cpu {(cpu - c0) / dt * 100:.0f}%"
+            + (
+                f"  posts {self.publisher.posts} accepted {self.publisher.accepted}"
+                if self.publisher is not None
+                else ""
+            )
+            + "   "
         )
         self.err.flush()
 
@@ -330,7 +345,9 @@ class Runner:
                 file=self.err,
             )
             return
-        symbols = [i["symbol"] for i in json.loads(body)["instruments"]]
+        instruments = json.loads(body)["instruments"]
+        symbols = [i["symbol"] for i in instruments]
+        self.base_prices = {i["symbol"]: float(i["base_price"]) for i in instruments}
         if len(symbols) < self.opts.symbols_pool:
             print(
                 f"quoted-load: the server serves {len(symbols)} instruments; "
@@ -338,6 +355,40 @@ class Runner:
                 file=self.err,
             )
         self.pool = symbols[: self.opts.symbols_pool]
+
+    def publish_token(self) -> str:
+        return self.opts.publish_token or mint_token(
+            self.opts.secret.encode(),
+            "load-publisher",
+            now=self.reactor.seconds(),
+            ttl=self.opts.duration + 3600,
+            scope=PUBLISH_SCOPE,
+        )
+
+    def make_publisher(self) -> Publisher | None:
+        """The publisher over the subscribers' pool, or None (no --publish-rate, or nothing
+        to publish)."""
+        if not self.opts.publish_rate:
+            return None
+        if not self.pool:
+            print("quoted-load: no instruments: nothing to publish", file=self.err)
+            return None
+        if self.opts.publish_symbols > len(self.pool):
+            print(
+                f"quoted-load: --publish-symbols {self.opts.publish_symbols} becomes "
+                f"{len(self.pool)}, the symbols of the pool",
+                file=self.err,
+            )
+        return Publisher(
+            self.reactor,
+            self.opts.http_base + "/v1/quotes",
+            self.publish_token(),
+            [(s, self.base_prices[s]) for s in self.pool],
+            rate=self.opts.publish_rate,
+            per_post=self.opts.publish_symbols,
+            timeout=self.opts.timeout,
+            rng=random.Random(None if self.opts.seed is None else f"{self.opts.seed}-publish"),
+        )
 
     async def run(self) -> dict[str, Any]:
         await self.fetch_pool()
@@ -353,11 +404,18 @@ class Runner:
         window_start = self.reactor.seconds()
         if self.opts.churn:
             self.loop(1.0, self.churn_tick)
+        self.publisher = self.make_publisher()
+        if self.publisher is not None and not self.interrupted:
+            self.publisher.start()
         await self.wait(self.opts.duration)
         window_end = self.reactor.seconds()
         for lc in self._loops[2:]:
             lc.stop()
         del self._loops[2:]
+        if self.publisher is not None:
+            await self.publisher.stop()
+            for line in self.publisher.first_errors:
+                print("quoted-load: publish:", line, file=self.err)
         self.queue.clear()
         for c in self.slow_conns:
             c.resume()
@@ -480,6 +538,7 @@ class Runner:
             "failed_by": dict(s.failed_by),
             "failed_codes": dict(s.failed_codes),
             "interrupted": self.interrupted,
+            "publish": None if self.publisher is None else self.publisher.summary(),
         }
 
 
