@@ -8,6 +8,7 @@ so every test sends exactly the posts it counts.
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from collections.abc import AsyncIterator, Callable
@@ -16,12 +17,15 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from quoted.loadgen.cli import format_summary, parse_args
+from quoted.loadgen.conn import CLOSED, LoadConnection
 from quoted.loadgen.publish import BAND, STEP, Publisher, cents, walk
+from quoted.loadgen.run import CATCH_UP_MAX, CATCH_UP_POLL, Runner
 from tests.harness import free_port
 
 POOL = [("AAPL", 150.0), ("MSFT", 300.0), ("BTC/USD", 40000.0), ("EUR", 1.08), ("X", 1.0)]
@@ -305,3 +309,39 @@ SUMMARY: dict[str, Any] = {
     "cpu_s": 1,
     "elapsed_s": 1,
 }
+
+
+def test_after_the_publisher_the_run_waits_until_the_subscribers_caught_up() -> None:
+    clock = Clock()
+    runner = Runner(parse_args(["--secret", "s"]), clock, io.StringIO())
+    backlog = runner.stats.backlog
+    assert backlog is not None
+    closed = LoadConnection(0, [], b"", runner.stats, runner, clock)
+    closed.state = CLOSED  # its bytes are dropped, not parsed: the queue is what counts
+    clock.advance(1)
+    backlog.add(closed, b"x")
+    waited = defer.ensureDeferred(runner.caught_up())
+    clock.advance(0.05)  # the queue is worked off, but bytes came in 0.05 s ago
+    assert not backlog.queue and not waited.called
+    clock.advance(0.1)
+    backlog.add(closed, b"y")  # more: quiet counts from here
+    for _ in range(4):
+        clock.advance(0.05)
+    assert not waited.called
+    clock.advance(0.05)
+    assert waited.called and waited.result == pytest.approx(0.4)
+    assert clock.getDelayedCalls() == []
+
+
+def test_the_catch_up_has_a_limit() -> None:
+    clock = Clock()
+    runner = Runner(parse_args(["--secret", "s"]), clock, io.StringIO())
+    backlog = runner.stats.backlog
+    assert backlog is not None
+    backlog.last_read = float("inf")  # bytes coming in for ever
+    waited = defer.ensureDeferred(runner.caught_up())
+    clock.pump([CATCH_UP_POLL] * round(CATCH_UP_MAX / CATCH_UP_POLL - 2))
+    assert not waited.called
+    clock.pump([CATCH_UP_POLL] * 3)
+    assert waited.called  # within one poll of the limit (the sum of the polls is not exact)
+    assert CATCH_UP_MAX <= waited.result <= CATCH_UP_MAX + CATCH_UP_POLL + 1e-6
