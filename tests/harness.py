@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jsonpatch
+import jwt
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.compress import (
     PerMessageDeflateOffer,
@@ -108,6 +109,26 @@ class QuotedServer:
             hdrs["Authorization"] = f"Bearer {token}"
         return await http(self.port, f"GET {path} HTTP/1.1", hdrs)
 
+    async def post(
+        self,
+        path: str,
+        body: bytes,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        """POST ``body`` (Content-Type application/json unless ``headers`` say otherwise)."""
+        hdrs = {"Content-Type": "application/json", "Content-Length": str(len(body))}
+        hdrs.update(headers or {})
+        if token is not None:
+            hdrs["Authorization"] = f"Bearer {token}"
+        return await http(self.port, f"POST {path} HTTP/1.1", hdrs, body)
+
+    def publisher_token(self, scope: str = "quotes:publish", **claims: Any) -> str:
+        """An HS256 token whose scope claim is ``scope`` (plus any other ``claims``)."""
+        now = int(reactor.seconds())
+        payload = {"sub": "feed", "iat": now, "exp": now + 3600, "scope": scope, **claims}
+        return jwt.encode(payload, SECRET, algorithm="HS256")
+
     async def rest_quotes(self, symbols: list[str]) -> dict[str, Any]:
         r = await self.get("/v1/quotes?symbols=" + ",".join(symbols), self.token())
         assert r.status == 200, r
@@ -195,12 +216,14 @@ def _dechunk(body: bytes) -> bytes:
     return out
 
 
-async def http(port: int, request_line: str, headers: dict[str, str] | None = None) -> Response:
+async def http(
+    port: int, request_line: str, headers: dict[str, str] | None = None, body: bytes = b""
+) -> Response:
     """One HTTP/1.1 request with Connection: close; the whole answer, parsed."""
     hdrs = {"Host": f"127.0.0.1:{port}", "Connection": "close"}
     hdrs.update(headers or {})
     head = request_line + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
-    return parse_response(await raw(port, head.encode("latin-1"), whole_response=True))
+    return parse_response(await raw(port, head.encode("latin-1") + body, whole_response=True))
 
 
 def upgrade_headers(**extra: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
@@ -19,6 +19,8 @@ from quoted.server.auth import TokenVerifier
 from quoted.server.collector import GarbageCollector
 from quoted.server.config import Config
 from quoted.server.feeds.simulator import OscillatorService
+from quoted.server.feeds.sink import FeedSink
+from quoted.server.feeds.sources import plugin_feed
 from quoted.server.gate import Gate
 from quoted.server.hub import FanOutHub
 from quoted.server.instruments import load_instruments
@@ -27,6 +29,7 @@ from quoted.server.listener import Listener
 from quoted.server.metrics import Metrics
 from quoted.server.pool import ConnectionPool
 from quoted.server.protocol import QuoteFactory
+from quoted.server.publish import PublishRoute
 from quoted.server.ratelimit import IPRateLimiter
 from quoted.server.store import Entry, Quote, QuoteStore
 from quoted.server.web import Router, make_site
@@ -44,8 +47,10 @@ class Parts:
     pool: ConnectionPool
     verifier: TokenVerifier
     metrics: Metrics
-    oscillator: OscillatorService
+    oscillator: OscillatorService | None  # [feed] source = simulator only
     factory: QuoteFactory
+    sink: FeedSink
+    feed: IService | None = None  # the replay, redis_stream or plugin source
     bridge: RedisBridge | None = None
 
 
@@ -132,28 +137,45 @@ def build(
         if skipped:
             metrics.ticks_skipped.inc(skipped)
 
-    oscillator = OscillatorService(
-        reactor,
-        config.feed.update_interval,
-        config.feed.oscillation_percent,
-        config.feed.mode,
-        active,
-        hub.publish,
-        on_tick=on_tick,
-        emit=None if bridge is None else bridge.emit,
-    )
+    source = config.feed.source
+    oscillator = None
+    if source == "simulator":
+        oscillator = OscillatorService(
+            reactor,
+            config.feed.update_interval,
+            config.feed.oscillation_percent,
+            config.feed.mode,
+            active,
+            hub.publish,
+            on_tick=on_tick,
+            emit=None if bridge is None else bridge.emit,
+        )
+    elif bridge is not None:
+        raise ValueError(
+            f"[feed] source = {source}: with [redis] enabled only the simulator is supported yet"
+        )
+    sink = FeedSink(store, hub.publish, reactor, metrics, future_ms=int(config.auth.leeway * 1000))
+    feed: IService | None = None
+    if source not in ("simulator", "publish"):
+        feed = plugin_feed(source, config.feed_options, sink, reactor)
     factory = QuoteFactory(reactor, ws, store, hub, pool, verifier, metrics)
     limiter = IPRateLimiter(reactor, ws.handshake_rate_per_ip)
     gate = Gate(factory, config.server, ws, store, pool, verifier, limiter, metrics)
     router = Router(
-        gate, store, pool, verifier, metrics, None if bridge is None else bridge.readiness
+        gate,
+        store,
+        pool,
+        verifier,
+        metrics,
+        None if bridge is None else bridge.readiness,
+        publish=PublishRoute(sink, config.publish.max_items) if source == "publish" else None,
     )
-    site = make_site(router, reactor)
+    site = make_site(router, reactor, config.publish.max_body)
     if bridge is None:
         metrics.broker_up.set(1)
         metrics.feed_leader.set(1)
 
-    parts = Parts(store, hub, pool, verifier, metrics, oscillator, factory, bridge)
+    parts = Parts(store, hub, pool, verifier, metrics, oscillator, factory, sink, feed, bridge)
     service = QuotedService(parts, config.server.shutdown_timeout)
     if keyset is not None:  # first: it starts fetching before the listener opens
         keyset.setServiceParent(service)
@@ -162,7 +184,9 @@ def build(
     if collector is not None:
         collector.setServiceParent(service)
     pool.setServiceParent(service)
-    oscillator.setServiceParent(service)
+    for part in (oscillator, feed):
+        if part is not None:
+            part.setServiceParent(service)
     listener = Listener(reactor, with_backlog(config.server.listen), site)
     listener.setName("listener")
     listener.setServiceParent(service)

@@ -87,6 +87,8 @@ class Claims:
     """``exp``, unix seconds."""
     symbols: frozenset[str] | None
     """The entitlement, trimmed and upper-cased; None allows every symbol (``"*"`` or absent)."""
+    scopes: frozenset[str] = frozenset()
+    """The ``scope`` claim's words (a space-separated string, as in OAuth); empty when absent."""
 
     def entitled(self, symbol: str) -> bool:
         """Whether the holder may receive ``symbol``, which must already be upper-case."""
@@ -207,6 +209,19 @@ def _symbols(claims: dict[str, Any]) -> frozenset[str] | None:
             raise TokenError(INVALID_TOKEN, _SYMBOLS_SHAPE)
         out.add(symbol)
     return frozenset(out)
+
+
+MAX_SCOPE_CHARS: Final = 4096
+
+
+def _scopes(claims: dict[str, Any]) -> frozenset[str]:
+    """The ``scope`` claim (RFC 8693 section 4.2: a space-separated string) as a set."""
+    value = claims.get("scope")
+    if value is None:
+        return frozenset()
+    if not isinstance(value, str) or len(value) > MAX_SCOPE_CHARS:
+        raise TokenError(INVALID_TOKEN, "scope claim is not a space-separated string")
+    return frozenset(value.split())
 
 
 # --- verifier --------------------------------------------------------------------------------
@@ -390,7 +405,9 @@ class TokenVerifier:
             raise TokenError(INVALID_TOKEN, "issued in the future")
         if not subject:
             raise TokenError(INVALID_TOKEN, "sub claim missing")
-        return Claims(subject=subject, expires_at=exp, symbols=_symbols(claims))
+        return Claims(
+            subject=subject, expires_at=exp, symbols=_symbols(claims), scopes=_scopes(claims)
+        )
 
     def _verify_with_set(self, token: str, header: dict[str, Any]) -> None:
         assert self.keyset is not None

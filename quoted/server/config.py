@@ -21,8 +21,10 @@ import sys
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
+from quoted.server.feeds.plugins import BUILTIN_SOURCES, installed_feeds
 from quoted.server.settingkinds import (
     Kind,
     Network,
@@ -31,6 +33,7 @@ from quoted.server.settingkinds import (
     choice,
     duration,
     endpoint,
+    feed_name,
     file,
     integer,
     jwks_url,
@@ -41,6 +44,7 @@ from quoted.server.settingkinds import (
     raw_secret,
     redis_url,
     secret_file,
+    size,
 )
 from quoted.wire.durations import parse_duration
 
@@ -144,6 +148,9 @@ class AuthConfig:
 
 @dataclass(frozen=True, slots=True)
 class FeedConfig:
+    source: str = field(metadata=setting(
+        "simulator", feed_name,
+        "where prices come from: simulator, publish, replay, redis_stream or a plugin feed"))
     update_interval: float = field(metadata=setting(
         "4s", duration("10ms", "1h"), "price simulator tick",
         aliases=("PRICE_UPDATE_INTERVAL",)))
@@ -157,6 +164,23 @@ class FeedConfig:
         "", file, "CSV of instruments (empty: the built-in ones)"))
     synthetic_symbols: int = field(metadata=setting(
         "0", integer(0, 100_000), "generated instruments added for load tests"))
+    replay_file: str = field(metadata=setting(
+        "", file, "replay: CSV or NDJSON ticks to play (empty: the synthetic sample shipped)"))
+    replay_speed: float = field(metadata=setting(
+        "1", number("a number from 0.001 to 1000", lambda v: 0.001 <= v <= 1000),
+        "replay: 1 plays at the recorded pace, 10 ten times faster"))
+    replay_loop: bool = field(metadata=setting(
+        "off", boolean, "replay: start over after the last tick"))
+    stream: str = field(metadata=setting(
+        "quoted:ticks", any_text, "redis_stream: the Redis Stream whose entries are ticks"))
+
+
+@dataclass(frozen=True, slots=True)
+class PublishConfig:
+    max_body: int = field(metadata=setting(
+        "1MiB", size(64, 64 * 1024**2), "POST /v1/quotes: largest body read"))
+    max_items: int = field(metadata=setting(
+        "10000", integer(1, 100_000), "POST /v1/quotes: most items in one request"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,10 +240,15 @@ class Config:
     server: ServerConfig
     auth: AuthConfig
     feed: FeedConfig
+    publish: PublishConfig
     websocket: WebSocketConfig
     redis: RedisConfig
     log: LogConfig
     dev: bool
+    feed_options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """The selected plugin feed's ``[feed:NAME]`` section, as strings."""
+    warnings: tuple[str, ...] = ()
+    """Settings that were accepted but will not do anything; logged at start."""
 
 
 class ConfigError(Exception):
@@ -273,8 +302,11 @@ def _suggest(word: str, choices: Sequence[str]) -> str:
     return f"did you mean {close[0]}? " if close else ""
 
 
-def _read_file(path: str, problems: list[str]) -> dict[tuple[str, str], str]:
-    """The (section, key) -> value pairs of an INI file; its problems go into ``problems``."""
+def _read_file(
+    path: str, problems: list[str], plugins: dict[str, dict[str, str]]
+) -> dict[tuple[str, str], str]:
+    """The (section, key) -> value pairs of an INI file; its problems go into ``problems``,
+    and its ``[feed:NAME]`` sections (a plugin feed's options, as strings) into ``plugins``."""
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
@@ -299,6 +331,9 @@ def _read_file(path: str, problems: list[str]) -> dict[tuple[str, str], str]:
         return {}
     values: dict[tuple[str, str], str] = {}
     for section in parser.sections():
+        if section.startswith(PLUGIN_SECTION):
+            plugins[section[len(PLUGIN_SECTION) :]] = dict(parser.items(section, raw=True))
+            continue
         if section not in _KEYS:
             problems.append(
                 f"[{section}]: unknown section; {_suggest(section, _SECTIONS)}"
@@ -348,12 +383,14 @@ def load_config(
     problems: list[str] = []
     if path is None:
         path = DEFAULT_CONFIG_PATH if os.path.exists(DEFAULT_CONFIG_PATH) else None
-    from_file = {} if path is None else _read_file(path, problems)
+    plugins: dict[str, dict[str, str]] = {}
+    from_file = {} if path is None else _read_file(path, problems, plugins)
     _check_environ(env, problems)
 
     sections: dict[str, dict[str, Any]] = {section: {} for section in _SECTIONS}
     failed: set[str] = set()
     origin: dict[str, str] = {}  # attr -> environment variable it came from, for auth names
+    chosen: set[str] = set()  # "[section] key" of every setting the file or environment set
     for s in _SETTINGS:
         text, kind, source = from_file.get((s.section, s.key), s.default), s.kind, ""
         for name in (*reversed(s.aliases), s.env):  # the QUOTED_ name, checked last, wins
@@ -362,6 +399,8 @@ def load_config(
                 text, source = env[name], name
         if s.section == "server" and s.key == "listen" and listen is not None:
             text, kind, source = listen, s.kind, "--listen"
+        if source or (s.section, s.key) in from_file:
+            chosen.add(s.name)
         if source and kind.strip:
             text = text.strip()
         attr = s.attr
@@ -392,11 +431,66 @@ def load_config(
                 "[auth] secret_file: no token key is configured (secret_file, JWT_SECRET, "
                 "public_key_file or jwks_url); set one, or start with --dev for development"
             )
+    warnings: list[str] = []
+    options: dict[str, str] = {}
+    if "feed.source" not in failed:
+        source = sections["feed"]["source"]
+        _check_source(source, problems)
+        warnings += _unused(source, chosen, plugins)
+        options = plugins.get(source, {})
     if problems:
         raise ConfigError(problems)
     return Config(
-        **{name: cls(**sections[name]) for name, cls in _SECTION_CLASSES.items()}, dev=dev
+        **{name: cls(**sections[name]) for name, cls in _SECTION_CLASSES.items()},
+        dev=dev,
+        feed_options=MappingProxyType(options),
+        warnings=tuple(warnings),
     )
+
+
+PLUGIN_SECTION = "feed:"
+# the settings only one source reads
+_SOURCE_KEYS = {
+    "simulator": ("update_interval", "oscillation_percent", "mode"),
+    "replay": ("replay_file", "replay_speed", "replay_loop"),
+    "redis_stream": ("stream",),
+}
+
+
+def _check_source(source: str, problems: list[str]) -> None:
+    """``[feed] source`` names a built-in source or an installed plugin feed."""
+    if source in BUILTIN_SOURCES:
+        return
+    try:
+        installed = installed_feeds()
+    except ValueError as e:
+        problems.append(f"[feed] source = {source!r}: {e}")
+        return
+    if source not in installed:
+        problems.append(
+            f"[feed] source = {source!r}: no such source; {_suggest(source, BUILTIN_SOURCES)}"
+            f"accepted: {', '.join(BUILTIN_SOURCES)}; installed plugin feeds: "
+            f"{', '.join(sorted(installed)) or 'none'}"
+        )
+
+
+def _unused(source: str, chosen: set[str], plugins: Mapping[str, object]) -> list[str]:
+    """A warning for each setting that was set but that the selected source does not read."""
+    out = []
+    for owner, keys in _SOURCE_KEYS.items():
+        if owner != source:
+            out += [
+                f"[feed] {key}: set, but only [feed] source = {owner} reads it "
+                f"(the source is {source})"
+                for key in keys
+                if f"[feed] {key}" in chosen
+            ]
+    out += [
+        f"[{PLUGIN_SECTION}{name}]: ignored, [feed] source is {source}"
+        for name in sorted(plugins)
+        if name != source
+    ]
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -410,10 +504,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--listen", help="endpoint overriding [server] listen")
     args = parser.parse_args(argv)
     try:
-        load_config(args.path, dev=args.dev, listen=args.listen)
+        config = load_config(args.path, dev=args.dev, listen=args.listen)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print("ok")
     return 0
 

@@ -79,12 +79,14 @@ def not_found() -> HTTPError:
     return HTTPError(404, "not_found", "no such path")
 
 
-def method_not_allowed() -> HTTPError:
+def method_not_allowed(allow: bytes = b"GET, HEAD") -> HTTPError:
     return HTTPError(
         405,
         "method_not_allowed",
-        "only GET and HEAD are allowed",
-        headers=((b"Allow", b"GET, HEAD"),),
+        "only GET and HEAD are allowed"
+        if allow == b"GET, HEAD"
+        else f"the methods allowed here are {allow.decode()}",
+        headers=((b"Allow", allow),),
     )
 
 

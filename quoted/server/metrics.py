@@ -53,6 +53,8 @@ class Metrics:
         "handshakes",
         "messages_received",
         "messages_sent",
+        "publish_items",
+        "publish_latency",
         "rate_limited_messages",
         "registry",
         "rejections",
@@ -188,6 +190,20 @@ class Metrics:
         )
         self.symbol_updates = Counter(
             "quoted_symbol_updates", "Quote updates produced by the price feed.", registry=r
+        )
+        self.publish_items = Counter(
+            "quoted_publish_items",
+            "Published items (the publish API, a replay file, a Redis Stream, a plugin), by "
+            "result: accepted, or the code it was refused with.",
+            ["result"],
+            registry=r,
+        )
+        self.publish_latency = Histogram(
+            "quoted_publish_latency_seconds",
+            "Per publish request or batch: from its receipt to when the last message carrying "
+            "its quotes was written to the subscribers (Redis included, when enabled).",
+            buckets=FANOUT_LATENCY_BUCKETS,
+            registry=r,
         )
         self.subscriptions = Gauge(
             "quoted_subscriptions",

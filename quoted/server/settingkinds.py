@@ -54,6 +54,33 @@ def integer(low: int, high: int) -> Kind:
     return kind
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def size(low: int, high: int) -> Kind:
+    """A number of bytes: ``65536``, ``512KiB``, ``1MiB`` (binary units only: no guessing
+    whether kB means 1000 or 1024)."""
+
+    @value_kind(f"a size from {low} to {high} bytes, such as 65536, 512KiB or 1MiB")
+    def kind(text: str) -> int:
+        m = re.fullmatch(r"([0-9]{1,12})\s*([A-Za-z]*)", text)
+        if m is None or m.group(2).lower() not in _SIZE_UNITS:
+            raise ValueError("not a size")
+        value = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+        if not low <= value <= high:
+            raise ValueError("out of range")
+        return value
+
+    return kind
+
+
+@value_kind("a lower-case name: letters, digits, _ and - (a built-in source or a plugin feed)")
+def feed_name(text: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", text.lower()):
+        raise ValueError("not a feed name")
+    return text.lower()
+
+
 def number(accepted: str, ok: Callable[[float], bool]) -> Kind:
     @value_kind(accepted)
     def kind(text: str) -> float:

@@ -195,15 +195,19 @@ class Entry:
         "_head",
         "_replace_prefix",
         "_tail",
+        "base_price",
         "index",
         "instrument",
         "key_json",
         "latest",
         "remove_op",
         "symbol",
+        "volume",
     )
 
     instrument: Instrument
+    base_price: float
+    volume: int
     symbol: str
     index: int
     key_json: bytes
@@ -234,14 +238,20 @@ class Entry:
                 b',"current_price":',
             )
         )
-        self._base = (
-            b',"base_price":' + format_number(instrument.base_price).encode() + b',"change":'
-        )
-        tail = b',"volume":' + str(int(instrument.volume)).encode()
-        if instrument.market_cap:
-            tail += b',"market_cap":' + str(int(instrument.market_cap)).encode()
-        self._tail = tail + b"}"
+        self._set_base(instrument.base_price)
+        self._set_volume(int(instrument.volume))
         self.latest = self._build(None, round2(instrument.base_price), start_ms)
+
+    def _set_base(self, base_price: float) -> None:
+        self.base_price = base_price
+        self._base = b',"base_price":' + format_number(base_price).encode() + b',"change":'
+
+    def _set_volume(self, volume: int) -> None:
+        self.volume = volume
+        tail = b',"volume":' + str(volume).encode()
+        if self.instrument.market_cap:
+            tail += b',"market_cap":' + str(int(self.instrument.market_cap)).encode()
+        self._tail = tail + b"}"
 
     @property
     def add_op(self) -> bytes:
@@ -262,8 +272,38 @@ class Entry:
         self.latest = q
         return q
 
-    def _build(self, prev: Quote | None, price: float, at_ms: int) -> Quote:
-        base = self.instrument.base_price
+    def put(
+        self,
+        price: float,
+        at_ms: int,
+        volume: int | None = None,
+        base_price: float | None = None,
+    ) -> Quote | None:
+        """Make the quote at exactly ``price`` (a published price is not rounded), at
+        ``at_ms``, current and return it; ``volume`` and ``base_price``, when given, replace
+        the instrument's (a published volume, a reference price such as the previous close).
+
+        ``change`` and ``change_percent`` are rounded as for :meth:`set`. A quote whose base
+        price or volume changed is patched with a whole-quote ``replace`` (protocol.md
+        section 4: field replaces cover only the four fields a tick moves). Return None, and
+        change nothing, when nothing differs from the current quote.
+        """
+        prev = self.latest
+        whole = False
+        if base_price is not None and base_price != self.base_price:
+            self._set_base(base_price)
+            whole = True
+        if volume is not None and volume != self.volume:
+            self._set_volume(volume)
+            whole = True
+        if not whole and price == prev.current_price and at_ms == prev.last_updated_ms:
+            return None
+        q = self._build(prev, price, at_ms, whole=whole)
+        self.latest = q
+        return q
+
+    def _build(self, prev: Quote | None, price: float, at_ms: int, whole: bool = False) -> Quote:
+        base = self.base_price
         change = round2(price - base)
         change_percent = round2(change / base * 100)
         p = format_number(price).encode()
@@ -289,7 +329,7 @@ class Entry:
             if at_ms != prev.last_updated_ms:
                 diff.append(ops[3] + t + b"}")
             fields = b",".join(diff)
-            if diff and len(fields) < len(replace):
+            if diff and not whole and len(fields) < len(replace):
                 patch = fields
         return Quote(
             self,

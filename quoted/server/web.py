@@ -7,6 +7,7 @@ gate (quoted.server.gate); REST answers only read the store.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,10 @@ HTTP_TIMEOUT = 60
 # slowloris: the whole request head must arrive within this many seconds of the connection
 # (or of the previous response, on a kept-alive connection), however it trickles in
 HEAD_TIMEOUT = 10.0
+# and a request's body (a publish) within this many seconds of its head
+BODY_TIMEOUT = 30.0
+# the largest body read when the site is not told ([publish] max_body's default)
+MAX_BODY_BYTES = 1024 * 1024
 
 
 def json_body(request: Request, value: object, status: int = 200) -> bytes:
@@ -67,6 +72,7 @@ class Router(Resource):
         verifier: TokenVerifier,
         metrics: Metrics,
         broker_readiness: Callable[[], tuple[int, dict[str, str]] | None] | None = None,
+        publish: Callable[[Request, Claims], bytes | int] | None = None,
     ) -> None:
         super().__init__()
         self.gate = gate
@@ -77,6 +83,8 @@ class Router(Resource):
         self.metrics_resource = MetricsResource(registry=metrics.registry)
         # quoted.server.cluster.bridge's readiness: (status, body) while Redis is not up, else None
         self.broker_readiness = broker_readiness
+        # POST /v1/quotes (quoted.server.publish), when [feed] source = publish
+        self.publish = None if publish is None else self.authenticated(publish)
         self.routes: dict[bytes, Callable[[Request], bytes | int]] = {
             b"/ws/quotes": self.gate.handshake,
             b"/v1/quotes": self.authenticated(self.quotes),
@@ -102,6 +110,11 @@ class Router(Resource):
                     "headers_too_large",
                     f"the headers have {n} bytes; the limit is {MAX_HEADER_BYTES}",
                 )
+            if self.publish is not None and request.path == b"/v1/quotes":
+                if request.method == b"POST":
+                    return self.publish(request)
+                if request.method not in (b"GET", b"HEAD"):
+                    raise method_not_allowed(b"GET, HEAD, POST")
             if request.method not in (b"GET", b"HEAD"):
                 raise method_not_allowed()
             route = self.routes.get(request.path)
@@ -116,7 +129,7 @@ class Router(Resource):
     # -- REST -------------------------------------------------------------------
 
     def authenticated(
-        self, handler: Callable[[Request, Claims], bytes]
+        self, handler: Callable[[Request, Claims], bytes | int]
     ) -> Callable[[Request], bytes | int]:
         """A route answering ``handler(request, claims)`` once the token is verified (later,
         when a JWK Set fetch is needed first)."""
@@ -253,6 +266,16 @@ class QuotedChannel(HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._cancel_head_timer()
         super().allHeadersReceived()
+        headers = self.requests[-1].requestHeaders if self.requests else None
+        if headers is not None and (
+            headers.hasHeader(b"transfer-encoding")
+            or (headers.getRawHeaders(b"content-length") or [b"0"])[0].strip() not in (b"0", b"")
+        ):  # a body follows: it has BODY_TIMEOUT seconds
+            self._arm_head_timer(BODY_TIMEOUT)
+
+    def body_received(self) -> None:
+        """The request's body is all in (QuotedRequest): no deadline until the response."""
+        self._cancel_head_timer()
 
     def requestDone(self, request: http.Request) -> None:
         super().requestDone(request)
@@ -263,9 +286,10 @@ class QuotedChannel(HTTPChannel):
         self._cancel_head_timer()
         super().connectionLost(reason)
 
-    def _arm_head_timer(self) -> None:
+    def _arm_head_timer(self, timeout: float | None = None) -> None:
         self._cancel_head_timer()
-        timeout = getattr(getattr(self, "site", None), "head_timeout", HEAD_TIMEOUT)
+        if timeout is None:
+            timeout = getattr(getattr(self, "site", None), "head_timeout", HEAD_TIMEOUT)
         self._head_timer = self.callLater(timeout, self._head_timed_out)
 
     def _cancel_head_timer(self) -> None:
@@ -279,10 +303,53 @@ class QuotedChannel(HTTPChannel):
         transport: Any = self.transport
         if transport is None:  # handed over to the WebSocket
             return
-        error = HTTPError(
-            408, "request_timeout", "the request head did not arrive in time; closing"
-        )
+        error = HTTPError(408, "request_timeout", "the request did not arrive in time; closing")
         transport.write(error.raw_response())
+        transport.loseConnection()
+
+
+class QuotedRequest(Request):
+    """twisted.web's request with its body bounded: at most the site's ``max_body`` bytes
+    are kept, in memory (twisted.web would spill a body over 100 kB to a temporary file, a
+    blocking disk write in the reactor). A body declared or found larger is answered 413
+    ``body_too_large`` at once, without reading further, and the connection is closed."""
+
+    _body_bytes = 0
+    _refused = False
+
+    def _limit(self) -> int:
+        return int(getattr(getattr(self.channel, "site", None), "max_body", MAX_BODY_BYTES))
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = io.BytesIO()
+        if length is not None and length > self._limit():
+            self._refuse_body(f"the body has {length} bytes; the limit is {self._limit()}")
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._body_bytes += len(data)
+        if self._body_bytes > self._limit():
+            self._refuse_body(f"the body has more than {self._limit()} bytes")
+            return
+        content: Any = self.content
+        content.write(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:  # answered already; the connection is closing
+            return
+        channel = self.channel
+        if isinstance(channel, QuotedChannel):
+            channel.body_received()
+        super().requestReceived(command, path, version)
+
+    def _refuse_body(self, why: str) -> None:
+        self._refused = True
+        self.content = io.BytesIO()
+        transport: Any = self.channel.transport if self.channel is not None else None
+        if transport is None:
+            return
+        transport.write(HTTPError(413, "body_too_large", f"{why}; closing").raw_response())
         transport.loseConnection()
 
 
@@ -290,14 +357,17 @@ class QuotedSite(Site):
     """twisted.web's Site on our channel, without its access log (request lines carry ?token=)."""
 
     protocol = QuotedChannel  # type: ignore[assignment]
+    requestFactory = QuotedRequest
     head_timeout = HEAD_TIMEOUT
+    max_body = MAX_BODY_BYTES
 
     def log(self, request: http.Request) -> None:
         pass
 
 
-def make_site(router: Router, clock: IReactorTime) -> Site:
+def make_site(router: Router, clock: IReactorTime, max_body: int = MAX_BODY_BYTES) -> Site:
     site = QuotedSite(router, timeout=HTTP_TIMEOUT, reactor=clock)
+    site.max_body = max_body
     site.displayTracebacks = False
     site.noisy = False
     return site

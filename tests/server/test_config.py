@@ -22,6 +22,7 @@ from quoted.server.config import (
     ConfigError,
     FeedConfig,
     LogConfig,
+    PublishConfig,
     RedisConfig,
     ServerConfig,
     WebSocketConfig,
@@ -48,12 +49,18 @@ DEFAULTS = Config(
         secret=None, public_key_file="", jwks_url="", issuer="", audience="", leeway=30.0
     ),
     feed=FeedConfig(
+        source="simulator",
         update_interval=4.0,
         oscillation_percent=1.0,
         mode="subset",
         instruments_file="",
         synthetic_symbols=0,
+        replay_file="",
+        replay_speed=1.0,
+        replay_loop=False,
+        stream="quoted:ticks",
     ),
+    publish=PublishConfig(max_body=1024 * 1024, max_items=10000),
     websocket=WebSocketConfig(
         max_connections=10000,
         max_symbols=100,
@@ -165,11 +172,18 @@ GOOD = [
     ("auth", "issuer", "https://idp.example.com/", "auth.issuer", "https://idp.example.com/"),
     ("auth", "audience", "quotes", "auth.audience", "quotes"),
     ("auth", "leeway", "0", "auth.leeway", 0.0),
+    ("feed", "source", "Publish", "feed.source", "publish"),
     ("feed", "update_interval", "250ms", "feed.update_interval", 0.25),
     ("feed", "oscillation_percent", "2.5", "feed.oscillation_percent", 2.5),
     ("feed", "mode", "ALL", "feed.mode", "all"),
     ("feed", "instruments_file", "{csv}", "feed.instruments_file", "{csv}"),
     ("feed", "synthetic_symbols", "100000", "feed.synthetic_symbols", 100000),
+    ("feed", "replay_file", "{csv}", "feed.replay_file", "{csv}"),
+    ("feed", "replay_speed", "10", "feed.replay_speed", 10.0),
+    ("feed", "replay_loop", "on", "feed.replay_loop", True),
+    ("feed", "stream", "vendor:ticks", "feed.stream", "vendor:ticks"),
+    ("publish", "max_body", "64KiB", "publish.max_body", 65536),
+    ("publish", "max_items", "50", "publish.max_items", 50),
     ("websocket", "max_connections", "1", "websocket.max_connections", 1),
     ("websocket", "max_symbols", "10000", "websocket.max_symbols", 10000),
     ("websocket", "idle_timeout", "1h", "websocket.idle_timeout", 3600.0),
@@ -232,6 +246,7 @@ BAD = [
     ("auth", "public_key_file", "{dir}/missing.pem", "no such file"),
     ("auth", "jwks_url", "ftp://idp.example.com/jwks", "http:// or https://"),
     ("auth", "leeway", "10m1s", "0 to 10m"),
+    ("feed", "source", "no such", "not a feed name"),
     ("feed", "update_interval", "4", "missing unit"),
     ("feed", "update_interval", "9ms", "10ms to 1h"),
     ("feed", "oscillation_percent", "100", "above 0 and below 100"),
@@ -239,6 +254,12 @@ BAD = [
     ("feed", "mode", "some", "subset, all"),
     ("feed", "instruments_file", "{dir}", "not a regular file"),
     ("feed", "synthetic_symbols", "100001", "0 to 100000"),
+    ("feed", "replay_file", "{dir}/missing.csv", "no such file"),
+    ("feed", "replay_speed", "0", "0.001 to 1000"),
+    ("feed", "replay_loop", "twice", "on/off"),
+    ("publish", "max_body", "1MB", "not a size"),
+    ("publish", "max_body", "32", "64 to 67108864 bytes"),
+    ("publish", "max_items", "0", "1 to 100000"),
     ("websocket", "max_connections", "abc", "not an integer; accepted: 1 to 1000000"),
     ("websocket", "max_symbols", "0", "1 to 10000"),
     ("websocket", "idle_timeout", "999ms", "at least 1s"),
@@ -262,7 +283,8 @@ SECRET_KEYS = {("auth", "jwks_url"), ("redis", "url")}
 def test_bad_values_cover_every_setting() -> None:
     assert {(s, k) for s, k, _, _ in BAD} == {(s, k) for s, k, _, _ in settings_table()} - {
         ("auth", "issuer"),
-        ("auth", "audience"),  # any text is accepted
+        ("auth", "audience"),
+        ("feed", "stream"),  # any text is accepted
     }
 
 
@@ -303,7 +325,7 @@ def test_the_documented_example_line(tmp_path: Path) -> None:
 def test_unknown_section(tmp_path: Path) -> None:
     [line] = problems_of(lambda: load_text(tmp_path, "[websockets]\nmax_symbols = 3\n"))
     assert line.startswith("[websockets]: unknown section; did you mean websocket?")
-    assert "accepted: server, auth, feed, websocket, redis, log" in line
+    assert "accepted: server, auth, feed, publish, websocket, redis, log" in line
 
 
 def test_default_section_is_not_special(tmp_path: Path) -> None:
@@ -601,7 +623,7 @@ def test_every_shipped_setting_is_documented_with_its_default() -> None:
 
 def test_settings_table_shape() -> None:
     table = settings_table()
-    assert len(table) == len({(s, k) for s, k, _, _ in table}) == 30
+    assert len(table) == len({(s, k) for s, k, _, _ in table}) == 37
     assert all(help_text and "\n" not in help_text for *_, help_text in table)
     assert table[0] == (
         "server",
@@ -615,7 +637,8 @@ def test_settings_table_shape() -> None:
 
 
 def test_each_setting_is_a_field_of_its_section_in_order() -> None:
-    sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "dev"}
+    others = ("dev", "feed_options", "warnings")
+    sections = {f.name: f for f in dataclasses.fields(Config) if f.name not in others}
     declared = [
         (section, f.name)
         for section, cls in config._SECTION_CLASSES.items()

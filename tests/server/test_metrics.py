@@ -28,6 +28,8 @@ FAMILIES = {
     "quoted_ticks": "counter",
     "quoted_ticks_skipped": "counter",
     "quoted_symbol_updates": "counter",
+    "quoted_publish_items": "counter",
+    "quoted_publish_latency_seconds": "histogram",
     "quoted_subscriptions": "gauge",
     "quoted_active_symbols": "gauge",
     "quoted_broker_up": "gauge",
@@ -44,6 +46,7 @@ def test_every_family_is_exposed_with_its_type() -> None:
     m.handshakes.labels(result="accepted").inc()
     m.rejections.labels(code="invalid_token").inc()
     m.server_closes.labels(code="4008").inc()
+    m.publish_items.labels(result="accepted").inc()
     text = exposition(m.registry)
     # prometheus-client's text format names a counter's family with its _total.
     exposed = {name + "_total" if kind == "counter" else name for name, kind in FAMILIES.items()}

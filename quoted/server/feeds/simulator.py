@@ -122,7 +122,7 @@ class OscillatorService(Periodic):
         at_ms = int(self._seconds() * 1000)
         pct = self._fraction
         if self._emit is not None:
-            moves = [(e, next_price(e.instrument.base_price, pct, rng)) for e in chosen]
+            moves = [(e, next_price(e.base_price, pct, rng)) for e in chosen]
             return self._emit(moves, at_ms)
-        prices = [(e, next_price(e.instrument.base_price, pct, rng), at_ms) for e in chosen]
+        prices = [(e, next_price(e.base_price, pct, rng), at_ms) for e in chosen]
         return len(apply_prices(prices, self._publish))
