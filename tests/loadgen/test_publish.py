@@ -255,6 +255,9 @@ def test_publish_arguments() -> None:
     assert (o.publish_rate, o.publish_symbols, o.publish_token) == (2.5, 50, "pt")
     assert "publish_token" not in repr(o)
     assert parse_args(["--token", "t"]).publish_rate == 0
+    o = parse_args(["--secret", "s", "--conns", "0", "--publish-rate", "10"])
+    assert (o.conns, o.catch_up) == (0, False)
+    assert parse_args(["--secret", "s", "--catch-up"]).catch_up
 
 
 @pytest.mark.parametrize(
@@ -278,7 +281,8 @@ def test_summary_has_a_publish_line() -> None:
     p.posts, p.items, p.accepted = 4, 8, 7
     p.rejected.update(["stale"])
     p.statuses.update({"200": 3, "503": 1})
-    text = format_summary({**SUMMARY, "publish": p.summary()})
+    text = format_summary({**SUMMARY, "publish": p.summary(), "catch_up_s": 2.5})
+    assert "0 inconclusive  (after 2.5s catching up)" in text
     last = text.splitlines()[-1]
     assert last.startswith("publish      4 posts of 2  accepted 7  rejected 1 {'stale': 1}")
     assert "non-200 1 {'200': 3, '503': 1}" in last
