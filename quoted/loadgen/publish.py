@@ -26,13 +26,13 @@ from typing import Any
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IConsumer
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
+
+from quoted.loadgen.http import Body
 
 __all__ = ["PUBLISH_SCOPE", "Publisher", "cents", "walk"]
 
@@ -81,26 +81,6 @@ class _Bytes:
 
     def stopProducing(self) -> None:
         pass
-
-
-class _Body(Protocol):
-    """Reads a response body to its end (so the connection goes back to the pool)."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.done: defer.Deferred[bytes] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.size < MAX_BODY_KEPT:
-            self.parts.append(data)
-        self.size += len(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self.parts))
-        else:
-            self.done.errback(reason)
 
 
 class Publisher:
@@ -193,7 +173,7 @@ class Publisher:
             d = self.agent.request(b"POST", self.url, self.headers, _Bytes(body))
             d.addTimeout(self.timeout, self.reactor, onTimeoutCancel=_timed_out)
             response = await d
-            reader = _Body()
+            reader = Body(keep=MAX_BODY_KEPT)
             response.deliverBody(reader)
             reader.done.addTimeout(self.timeout, self.reactor, onTimeoutCancel=_timed_out)
             answer = await reader.done

@@ -29,11 +29,6 @@ from urllib.parse import quote
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTCP
-from twisted.internet.protocol import Protocol, connectionDone
-from twisted.python.failure import Failure
-from twisted.web.client import Agent, ResponseDone
-from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
 
 from quoted.loadgen.conn import (
     CLOSED,
@@ -44,6 +39,7 @@ from quoted.loadgen.conn import (
     Stats,
     upgrade_request,
 )
+from quoted.loadgen.http import http_get
 from quoted.loadgen.publish import PUBLISH_SCOPE, Publisher
 from quoted.wire.closecodes import CLOSE_NORMAL
 from quoted.wire.tokens import mint_token
@@ -94,36 +90,6 @@ class Options:
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-class _Body(Protocol):
-    """Collects a response body; ``done`` fires with it (or fails on a broken body)."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.done: defer.Deferred[bytes] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.parts.append(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self.parts))
-        else:
-            self.done.errback(reason)
-
-
-async def http_get(reactor: Any, url: str, token: str, timeout: float) -> tuple[int, bytes]:
-    """One GET with the token; (status, body). Connection errors and timeouts propagate."""
-    agent = Agent(reactor, connectTimeout=timeout)
-    headers = Headers({b"Authorization": [f"Bearer {token}".encode()]})
-    d = agent.request(b"GET", url.encode("ascii"), headers)
-    d.addTimeout(timeout, reactor)
-    response = await d
-    body = _Body()
-    response.deliverBody(body)
-    body.done.addTimeout(timeout, reactor)
-    return response.code, await body.done
 
 
 class Runner:
