@@ -38,14 +38,16 @@ test: install-test redis
 	$(BIN)/pytest $(ARGS)
 
 # ruff reads every Python file (bench/run and bench/table have no .py suffix: pyproject.toml
-# names them); mypy --strict checks quoted/, the plugin and bench/ (each script on its own,
-# since every script is a __main__)
+# names them); mypy --strict checks quoted/, the plugin, bench/ and examples/ (each script on
+# its own, since every script is a __main__; the example plugin's two modules together)
 lint: install-test
-	$(BIN)/ruff check quoted tests twisted bench
-	$(BIN)/ruff format --check quoted tests twisted bench
+	$(BIN)/ruff check quoted tests twisted bench examples
+	$(BIN)/ruff format --check quoted tests twisted bench examples
 	$(BIN)/mypy
 	$(BIN)/mypy bench/*.py
 	for script in bench/run bench/table; do $(BIN)/mypy $$script || exit 1; done
+	$(BIN)/mypy examples/make_replay_sample.py
+	$(BIN)/mypy examples/ndjson_tcp/ndjson_tcp.py examples/ndjson_tcp/twisted/plugins/ndjson_tcp_feed.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info twisted/plugins/dropin.cache

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import pytest
 import pytest_twisted
+from twisted.logger import LogEvent, globalLogPublisher
 
 from tests.harness import QuotedServer, make_config
 
@@ -35,3 +37,14 @@ async def server() -> AsyncIterator[QuotedServer]:
     yield s
     if s.service.running:
         await s.stop()
+
+
+@pytest.fixture
+def log_events() -> Iterator[list[LogEvent]]:
+    """Every log event emitted during the test."""
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events.append)

@@ -20,7 +20,7 @@ from quoted.server.collector import GarbageCollector
 from quoted.server.config import Config
 from quoted.server.feeds.simulator import OscillatorService
 from quoted.server.feeds.sink import FeedSink
-from quoted.server.feeds.sources import plugin_feed
+from quoted.server.feeds.sources import plugin_feed, replay_feed
 from quoted.server.gate import Gate
 from quoted.server.hub import FanOutHub
 from quoted.server.instruments import load_instruments
@@ -156,7 +156,10 @@ def build(
         )
     sink = FeedSink(store, hub.publish, reactor, metrics, future_ms=int(config.auth.leeway * 1000))
     feed: IService | None = None
-    if source not in ("simulator", "publish"):
+    if source == "replay":
+        fc = config.feed
+        feed = replay_feed(fc.replay_file, fc.replay_speed, fc.replay_loop, sink, reactor)
+    elif source not in ("simulator", "publish"):
         feed = plugin_feed(source, config.feed_options, sink, reactor)
     factory = QuoteFactory(reactor, ws, store, hub, pool, verifier, metrics)
     limiter = IPRateLimiter(reactor, ws.handshake_rate_per_ip)

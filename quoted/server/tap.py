@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from quoted.server import logs
@@ -18,6 +19,7 @@ from quoted.server.instruments import InstrumentError
 from quoted.wire.tokens import mint_token
 
 DEMO_TTL = 24 * 3600
+_log = Logger()
 DEMO_SYMBOLS = "AAPL,GOOGL"
 
 
@@ -53,10 +55,21 @@ def http_base(listen: str) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-def dev_banner(secret: bytes, listen: str, now: float) -> str:
+def dev_banner(secret: bytes, listen: str, now: float, publish: bool = False) -> str:
+    """The development-mode banner; with ``publish`` ([feed] source = publish) also a
+    publisher token (scope quotes:publish) and a curl line posting a price."""
     token = mint_token(secret, "demo", now=now, ttl=DEMO_TTL)
     base = http_base(listen)
     ws = base.replace("http", "ws", 1)
+    publisher = ""
+    if publish:
+        pub = mint_token(secret, "demo-feed", now=now, ttl=DEMO_TTL, scope="quotes:publish")
+        publisher = (
+            f'\nPublisher token (sub "demo-feed", scope quotes:publish, valid 24h):\n  {pub}\n\n'
+            f"Publish:\n  curl -H 'Authorization: Bearer {pub}' "
+            "-H 'Content-Type: application/json' "
+            f"""'{base}/v1/quotes' -d '{{"quotes":[{{"symbol":"AAPL","price":151.25}}]}}'\n"""
+        )
     return (
         "quoted development mode: no token key is configured, so tokens are signed\n"
         "with a random secret that lives as long as this process.\n\n"
@@ -65,6 +78,7 @@ def dev_banner(secret: bytes, listen: str, now: float) -> str:
         f"Browser board:\n  {base}/?token={token}\n\n"
         f"REST:\n  curl -H 'Authorization: Bearer {token}' "
         f"'{base}/v1/quotes?symbols={DEMO_SYMBOLS}'\n"
+        f"{publisher}"
     )
 
 
@@ -76,12 +90,16 @@ def makeService(options: dict[str, Any]) -> IService:
     except ConfigError as e:
         raise SystemExit(f"quoted: configuration error:\n{e}") from None
     logs.configure(config.log)
+    for warning in config.warnings:
+        _log.warn("configuration: {warning}", warning=warning, log_id="quoted.config.warning")
     secret = None
     auth = config.auth
     if config.dev and auth.secret is None and not auth.public_key_file and not auth.jwks_url:
         secret = secrets.token_bytes(32)
         # straight to the terminal, before twistd's logging begins: never into the logs
-        sys.stdout.write(dev_banner(secret, config.server.listen, reactor.seconds()))
+        publish = config.feed.source == "publish"
+        banner = dev_banner(secret, config.server.listen, reactor.seconds(), publish)
+        sys.stdout.write(banner)
         sys.stdout.flush()
     # twistd re-raises the signal that stopped it, so a clean SIGTERM would end
     # the process "killed by signal 15"; after an orderly drain we exit 0

@@ -182,8 +182,8 @@ class Router(Resource):
                 "symbol": i.symbol,
                 "name": i.name,
                 "type": i.type,
-                "base_price": i.base_price,
-                "volume": i.volume,
+                "base_price": e.base_price,  # a published reference price, if any
+                "volume": e.volume,
             }
             if i.market_cap:
                 item["market_cap"] = i.market_cap
@@ -270,8 +270,8 @@ class QuotedChannel(HTTPChannel):
         if headers is not None and (
             headers.hasHeader(b"transfer-encoding")
             or (headers.getRawHeaders(b"content-length") or [b"0"])[0].strip() not in (b"0", b"")
-        ):  # a body follows: it has BODY_TIMEOUT seconds
-            self._arm_head_timer(BODY_TIMEOUT)
+        ):  # a body follows: it has the site's body_timeout seconds
+            self._arm_head_timer(getattr(getattr(self, "site", None), "body_timeout", BODY_TIMEOUT))
 
     def body_received(self) -> None:
         """The request's body is all in (QuotedRequest): no deadline until the response."""
@@ -359,6 +359,7 @@ class QuotedSite(Site):
     protocol = QuotedChannel  # type: ignore[assignment]
     requestFactory = QuotedRequest
     head_timeout = HEAD_TIMEOUT
+    body_timeout = BODY_TIMEOUT
     max_body = MAX_BODY_BYTES
 
     def log(self, request: http.Request) -> None:

@@ -730,3 +730,40 @@ def test_main_in_process(capsys: pytest.CaptureFixture[str]) -> None:
 def test_integers_take_ascii_digits_only() -> None:
     [line] = problems_of(lambda: load_config(None, {"WS_MAX_CONNECTIONS": "٣"}, dev=True))
     assert "not an integer" in line
+
+
+# -- the feed source ----------------------------------------------------------------------------
+
+
+def test_settings_another_source_does_not_read_are_warnings(tmp_path: Path) -> None:
+    cfg = load_text(
+        tmp_path,
+        "[feed]\nsource = publish\nmode = all\nreplay_speed = 2\n"
+        "[feed:vendor]\nhost = example.com\n",
+    )
+    assert cfg.warnings == (
+        "[feed] mode: set, but only [feed] source = simulator reads it (the source is publish)",
+        "[feed] replay_speed: set, but only [feed] source = replay reads it "
+        "(the source is publish)",
+        "[feed:vendor]: ignored, [feed] source is publish",
+    )
+    assert dict(cfg.feed_options) == {}
+    assert load_config(None, {}, dev=True).warnings == ()
+
+
+def test_an_unknown_source_names_the_accepted_and_installed_ones() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {"QUOTED_FEED_SOURCE": "replya"}, dev=True)
+    assert str(e.value) == (
+        "[feed] source = 'replya': no such source; did you mean replay? accepted: simulator, "
+        "publish, replay, redis_stream; installed plugin feeds: none"
+    )
+
+
+def test_the_checker_prints_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "q.conf"
+    path.write_text("[feed]\nsource = publish\nupdate_interval = 1s\n")
+    assert config.main(["--dev", str(path)]) == 0
+    out = capsys.readouterr()
+    assert out.out == "ok\n"
+    assert out.err.startswith("warning: [feed] update_interval: set, but only")

@@ -152,7 +152,7 @@ def banner_token(stdout: str) -> str:
 
 def after_banner(stdout: str) -> str:
     """What twistd's logging wrote to stdout: everything after the banner's last line."""
-    _, sep, rest = stdout.partition("curl -H 'Authorization: Bearer ")
+    _, sep, rest = stdout.rpartition("curl -H 'Authorization: Bearer ")
     assert sep, stdout
     return rest.partition("\n")[2]
 
@@ -272,6 +272,17 @@ def get_full(
         conn.request("GET", path, headers=headers or {})
         r = conn.getresponse()
         return r.status, r.headers, json.loads(r.read())
+    finally:
+        conn.close()
+
+
+def post(port: int, path: str, body: bytes, token: str) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        conn.request("POST", path, body=body, headers=headers)
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
     finally:
         conn.close()
 
@@ -396,6 +407,25 @@ def test_dev_banner_token_works_and_never_reaches_the_log(spawn: Spawn) -> None:
     signature = token.rsplit(".", 1)[1]
     assert signature not in log, log
     assert signature not in d.stderr()
+
+
+def test_dev_banner_publisher_token_posts_prices(spawn: Spawn) -> None:
+    d = spawn("--dev", env=dev_env(QUOTED_FEED_SOURCE="publish"))
+    d.wait_ready()
+    out = d.stdout()
+    m = re.search(r"Publisher token \(sub \"demo-feed\", [^)]*\):\n  (\S+)\n", out)
+    assert m, out
+    publisher = m.group(1)
+    line = next(x for x in out.splitlines() if x.startswith("  curl") and "/v1/quotes'" in x)
+    assert publisher in line and "-d '" in line
+    body = line.split("-d '", 1)[1].rstrip("'").encode()
+    status, answer = post(d.port, "/v1/quotes", body, publisher)
+    assert (status, answer) == (200, {"accepted": 1, "rejected": []}), answer
+    status, answer = post(d.port, "/v1/quotes", body, banner_token(out))
+    assert (status, answer["error"]["code"]) == (403, "insufficient_scope")
+    d.terminate()
+    assert d.wait_exit(SHUTDOWN_TIMEOUT + MARGIN) in CLEAN_EXIT, d.output()
+    assert publisher.rsplit(".", 1)[1] not in after_banner(d.stdout())
 
 
 def test_json_log_format_writes_one_object_per_line(spawn: Spawn) -> None:

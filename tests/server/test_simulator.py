@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import gc
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.logger import LogEvent
 
 from quoted.server.feeds.simulator import OscillatorService, next_price
 from quoted.server.instruments import Instrument, builtin_instruments
@@ -44,20 +44,6 @@ class Harness:
             rng=random.Random(seed),
             on_tick=lambda moved, skipped: self.ticks.append((moved, skipped)),
         )
-
-
-@pytest.fixture
-def log_events() -> Iterator[list[LogEvent]]:
-    events: list[LogEvent] = []
-
-    def observe(event: LogEvent) -> None:
-        events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(observe)
 
 
 # -- next_price -------------------------------------------------------------------------------

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, Logger, globalLogPublisher
+from twisted.logger import LogEvent, Logger
 
 from quoted.server.timers import Periodic
-
-
-@pytest.fixture
-def log_events() -> Iterator[list[LogEvent]]:
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(events.append)
 
 
 def periodic(clock: Clock, fn: Any, **kw: Any) -> Periodic:

@@ -1,6 +1,12 @@
-"""Where prices come from. Each feed is an ``IService`` that writes new quotes into the store
-(``store.apply_prices``) and hands the moved ones to the hub."""
+"""Where prices come from. The simulator moves prices itself (``store.apply_prices``); every
+other source (the publish API, a replay file, a Redis Stream, a plugin feed) hands published
+items to the sink, the one validated path into the store (``sink.FeedSink``)."""
 
 __all__ = [
+    "items",
+    "plugins",
+    "replay",
     "simulator",
+    "sink",
+    "sources",
 ]

@@ -174,6 +174,15 @@ class FeedSink:
                     _stale(index, tick.symbol, f"an earlier item ({format_time_ms(before.at_ms)})")
                 )
                 continue
+            if before is not None:  # as if applied in turn: an earlier volume or base stays
+                tick = tick._replace(
+                    volume=before.volume if tick.volume is None else tick.volume,
+                    reference_price=(
+                        before.reference_price
+                        if tick.reference_price is None
+                        else tick.reference_price
+                    ),
+                )
             latest[entry] = tick
             indexes.setdefault(entry, []).append(index)
         batch: Batch = list(latest.items())

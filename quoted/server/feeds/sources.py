@@ -16,9 +16,20 @@ from typing import Any
 from twisted.application.service import IService
 
 from quoted.server.feeds.plugins import BUILTIN_SOURCES, FeedOptionError, installed_feeds
+from quoted.server.feeds.replay import SAMPLE_FILE, ReplayError, ReplayFeed, read_ticks
 from quoted.server.feeds.sink import FeedSink
 
-__all__ = ["plugin_feed"]
+__all__ = ["plugin_feed", "replay_feed"]
+
+
+def replay_feed(path: str, speed: float, loop: bool, sink: FeedSink, reactor: Any) -> IService:
+    """The replay of ``path`` (empty: the synthetic sample), read whole now, before the
+    reactor runs; a file that cannot be played stops the start naming ``[feed] replay_file``."""
+    try:
+        ticks = read_ticks(path or SAMPLE_FILE)
+    except ReplayError as e:
+        raise ValueError(f"[feed] replay_file: {e}") from None
+    return ReplayFeed(reactor, ticks, speed, loop, sink)
 
 
 def plugin_feed(name: str, options: Mapping[str, str], sink: FeedSink, reactor: Any) -> IService:
