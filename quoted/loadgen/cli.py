@@ -6,6 +6,15 @@ Connection i subscribes to K symbols of the first P of /v1/instruments ((i*K + j
 seeded sample), keeps its document by applying every quotes_patch (quoted.loadgen.conn) and
 records arrival time minus each update's last_updated, so quoted-load and the server must
 share a clock. --duration counts from when the initial connections have all answered.
+With --publish-rate N it also publishes: N times a second it POSTs --publish-symbols
+prices of the pool to /v1/quotes (a server with [feed] source = publish) with a token of
+scope quotes:publish (minted from --secret, or --publish-token), and counts the accepted
+items and the rejected ones by code (quoted.loadgen.publish); it stops before the check,
+which then waits until the subscribers have read everything the server sent. --conns 0
+publishes only; --catch-up makes a run with subscribers only wait the same way (for a
+publisher in another process, stopping before this run's check: a publisher sharing a
+process with thousands of subscribers posts late when their messages keep the process
+busy).
 At the end, every document is compared with GET /v1/quotes, symbol by symbol, where
 last_updated is the same in both. With --json the last line of stdout is the summary.
 Exit status: 0 when the run completed (failures are in the numbers), 1 when the server
@@ -85,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     auth = p.add_mutually_exclusive_group(required=True)
     auth.add_argument("--secret", help="HS256 secret: mint a token per connection (sub load-N)")
     auth.add_argument("--token", help="one token for every connection")
-    a("--conns", type=_positive_int, default=100, help="normal connections (default 100)")
+    a("--conns", type=_count, default=100, help="normal connections (default 100)")
     a("--symbols-per-conn", type=_positive_int, default=5, help="K symbols per connection")
     a("--symbols-pool", type=_positive_int, default=50, help="the first P instruments")
     a("--duration", type=parse_duration, default=30.0, help="60s, 500ms, 2m (default 30s)")
@@ -98,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--settle", type=parse_duration, default=1.0, help="wait before the final check (1s)")
     a("--seed", type=int, default=None, help="pick symbols by a seeded random sample")
     a("--timeout", type=parse_duration, default=10.0, help="handshake/REST timeout (10s)")
+    a("--publish-rate", type=float, default=0.0, help="POST /v1/quotes N times a second (0)")
+    a("--publish-symbols", type=_positive_int, default=50, help="symbols per post (default 50)")
+    a("--publish-token", help="the publisher's token (default: minted from --secret)")
+    a("--catch-up", action="store_true", help="wait for quiet before the final check")
     return p
 
 
@@ -120,6 +133,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
         p.error("--symbols-per-conn must not exceed --symbols-pool")
     if ns.churn > ns.conns:
         p.error("--churn must not exceed --conns")
+    if not ns.publish_rate >= 0 or ns.publish_rate == float("inf"):
+        p.error("--publish-rate must be a number of posts a second, 0 or more")
+    if ns.conns == 0 and not ns.publish_rate:
+        p.error("--conns 0 only with --publish-rate (a run that only publishes)")
+    if ns.publish_rate and not (ns.secret or ns.publish_token):
+        p.error("--publish-rate needs --secret or --publish-token (a quotes:publish token)")
     return Options(
         url=ns.url,
         host=host,
@@ -139,6 +158,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
         settle=ns.settle,
         seed=ns.seed,
         timeout=ns.timeout,
+        publish_rate=ns.publish_rate,
+        publish_symbols=ns.publish_symbols,
+        publish_token=ns.publish_token or "",
+        catch_up=ns.catch_up,
     )
 
 
@@ -154,7 +177,8 @@ def format_summary(s: dict[str, Any]) -> str:
             f"latency      p50 {lat['p50']}ms  p95 {lat['p95']}ms  p99 {lat['p99']}ms"
             f"  max {lat['max']}ms",
             f"check        {s['verified']} verified  {s['mismatches']} mismatches"
-            f"  {s['inconclusive']} inconclusive",
+            f"  {s['inconclusive']} inconclusive"
+            + (f"  (after {s['catch_up_s']}s catching up)" if s.get("catch_up_s") else ""),
             f"errors       seq gaps {s['seq_gaps']}  patch mismatches {s['patch_mismatches']}"
             f"  patch errors {s['patch_errors']}  stale updates {s['stale_updates']}"
             f"  protocol errors {s['protocol_errors']}",
@@ -163,7 +187,22 @@ def format_summary(s: dict[str, Any]) -> str:
             f" {s['slow']['codes'] or ''}",
             f"churn        opened {s['churn']['opened']}  closed {s['churn']['closed']}",
             f"own CPU      {s['cpu_s']}s over {s['elapsed_s']}s",
+            *([format_publish(s["publish"])] if s.get("publish") else []),
         ]
+    )
+
+
+def format_publish(p: dict[str, Any]) -> str:
+    post = p["post_ms"]
+    return (
+        f"publish      {p['posts']} posts of {p['symbols_per_post']}  accepted {p['accepted']}"
+        f"  rejected {p['rejected']}"
+        + (f" {p['rejected_by']}" if p["rejected_by"] else "")
+        + f"  non-200 {p['non_200']}"
+        + (f" {p['statuses']}" if p["non_200"] else "")
+        + (f"  errors {p['errors']}" if p["errors"] else "")
+        + (f"  skipped {p['skipped']}" if p["skipped"] else "")
+        + (f"  post p50 {post['p50']}ms p99 {post['p99']}ms" if post["p50"] is not None else "")
     )
 
 

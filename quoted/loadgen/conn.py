@@ -120,9 +120,11 @@ class Backlog:
         self.clock = clock
         self.queue: deque[tuple[LoadConnection, bytes, float]] = deque()
         self.scheduled = False
+        self.last_read = clock.seconds()  # when bytes last came in
 
     def add(self, conn: LoadConnection, data: bytes) -> None:
-        self.queue.append((conn, data, self.clock.seconds()))
+        self.last_read = now = self.clock.seconds()
+        self.queue.append((conn, data, now))
         if not self.scheduled:
             self.scheduled = True
             self.clock.callLater(0, self.drain)

@@ -3,7 +3,16 @@
 :class:`Runner` opens the connections (quoted.loadgen.conn) at most ``rate`` handshakes per
 second and at most MAX_IN_FLIGHT at once, spread over the source addresses; holds the
 load for the duration (counted from when every initial connection has answered);
-then compares each live document with GET /v1/quotes and closes everything.
+then compares each live document with GET /v1/quotes and closes everything. With
+``publish_rate``, a :class:`~quoted.loadgen.publish.Publisher` posts prices to
+``POST /v1/quotes`` over the same window and is stopped (every post answered) before the
+settle and the check, so the documents are compared with a still REST; before the settle the
+run then waits (at most CATCH_UP_MAX) until the subscribers have read and parsed everything
+the server sent, since a load generator on one core falls behind a server fanning out a
+post to thousands and its documents would otherwise lag REST (inconclusive, not verified).
+``catch_up`` asks for the same wait without a publisher of its own (one in another
+process, whose posts end before this run's check), and ``conns = 0`` makes a run that only
+publishes.
 """
 
 from __future__ import annotations
@@ -20,11 +29,6 @@ from urllib.parse import quote
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTCP
-from twisted.internet.protocol import Protocol, connectionDone
-from twisted.python.failure import Failure
-from twisted.web.client import Agent, ResponseDone
-from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
 
 from quoted.loadgen.conn import (
     CLOSED,
@@ -35,6 +39,8 @@ from quoted.loadgen.conn import (
     Stats,
     upgrade_request,
 )
+from quoted.loadgen.http import http_get
+from quoted.loadgen.publish import PUBLISH_SCOPE, Publisher
 from quoted.wire.closecodes import CLOSE_NORMAL
 from quoted.wire.tokens import mint_token
 
@@ -42,6 +48,9 @@ MAX_IN_FLIGHT = 500  # handshakes under way at once
 REST_CHUNK = 1000  # the REST limit of symbols per request
 REST_URL_BYTES = 7000  # below the server's 8 KiB URL limit
 CLOSE_WAIT = 3.0  # how long the final closes may take before the rest are aborted
+CATCH_UP_QUIET = 0.25  # after the publisher: caught up once nothing was read for this long
+CATCH_UP_MAX = 60.0  # and the backlog is empty, or after this long whatever the state
+CATCH_UP_POLL = 0.05
 
 
 class Unreachable(Exception):
@@ -68,6 +77,10 @@ class Options:
     settle: float = 1.0
     seed: int | None = None
     timeout: float = 10.0
+    publish_rate: float = 0.0  # posts a second to POST /v1/quotes (0: no publisher)
+    publish_symbols: int = 50  # symbols per post
+    publish_token: str = dataclasses.field(default="", repr=False)
+    catch_up: bool = False  # wait until the subscribers caught up before the check
 
     @property
     def http_base(self) -> str:
@@ -77,36 +90,6 @@ class Options:
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-class _Body(Protocol):
-    """Collects a response body; ``done`` fires with it (or fails on a broken body)."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.done: defer.Deferred[bytes] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.parts.append(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self.parts))
-        else:
-            self.done.errback(reason)
-
-
-async def http_get(reactor: Any, url: str, token: str, timeout: float) -> tuple[int, bytes]:
-    """One GET with the token; (status, body). Connection errors and timeouts propagate."""
-    agent = Agent(reactor, connectTimeout=timeout)
-    headers = Headers({b"Authorization": [f"Bearer {token}".encode()]})
-    d = agent.request(b"GET", url.encode("ascii"), headers)
-    d.addTimeout(timeout, reactor)
-    response = await d
-    body = _Body()
-    response.deliverBody(body)
-    body.done.addTimeout(timeout, reactor)
-    return response.code, await body.done
 
 
 class Runner:
@@ -120,6 +103,8 @@ class Runner:
         self.connect_hist = HdrHistogram(1, 3_600_000_000, 3)  # microseconds
         self.rng = random.Random(opts.seed)
         self.pool: list[str] = []
+        self.base_prices: dict[str, float] = {}
+        self.publisher: Publisher | None = None
         self.queue: deque[tuple[int, bool]] = deque()  # (index, slow) waiting to dial
         self.in_flight = 0
         self.credit = 1.0
@@ -303,7 +288,13 @@ class Runner:
             f"\rconnected {len(self.live)}/{self.opts.conns} failed {s.failed}"
             f"  msgs/s {(s.messages - m0) / dt:.0f}  updates/s {(s.updates - u0) / dt:.0f}"
             f"  p99 {self.latency.get_value_at_percentile(99)}ms"
-            f"  cpu {(cpu - c0) / dt * 100:.0f}%   "
+            f"  cpu {(cpu - c0) / dt * 100:.0f}%"
+            + (
+                f"  posts {self.publisher.posts} accepted {self.publisher.accepted}"
+                if self.publisher is not None
+                else ""
+            )
+            + "   "
         )
         self.err.flush()
 
@@ -330,7 +321,9 @@ class Runner:
                 file=self.err,
             )
             return
-        symbols = [i["symbol"] for i in json.loads(body)["instruments"]]
+        instruments = json.loads(body)["instruments"]
+        symbols = [i["symbol"] for i in instruments]
+        self.base_prices = {i["symbol"]: float(i["base_price"]) for i in instruments}
         if len(symbols) < self.opts.symbols_pool:
             print(
                 f"quoted-load: the server serves {len(symbols)} instruments; "
@@ -338,6 +331,40 @@ class Runner:
                 file=self.err,
             )
         self.pool = symbols[: self.opts.symbols_pool]
+
+    def publish_token(self) -> str:
+        return self.opts.publish_token or mint_token(
+            self.opts.secret.encode(),
+            "load-publisher",
+            now=self.reactor.seconds(),
+            ttl=self.opts.duration + 3600,
+            scope=PUBLISH_SCOPE,
+        )
+
+    def make_publisher(self) -> Publisher | None:
+        """The publisher over the subscribers' pool, or None (no --publish-rate, or nothing
+        to publish)."""
+        if not self.opts.publish_rate:
+            return None
+        if not self.pool:
+            print("quoted-load: no instruments: nothing to publish", file=self.err)
+            return None
+        if self.opts.publish_symbols > len(self.pool):
+            print(
+                f"quoted-load: --publish-symbols {self.opts.publish_symbols} becomes "
+                f"{len(self.pool)}, the symbols of the pool",
+                file=self.err,
+            )
+        return Publisher(
+            self.reactor,
+            self.opts.http_base + "/v1/quotes",
+            self.publish_token(),
+            [(s, self.base_prices[s]) for s in self.pool],
+            rate=self.opts.publish_rate,
+            per_post=self.opts.publish_symbols,
+            timeout=self.opts.timeout,
+            rng=random.Random(None if self.opts.seed is None else f"{self.opts.seed}-publish"),
+        )
 
     async def run(self) -> dict[str, Any]:
         await self.fetch_pool()
@@ -349,15 +376,27 @@ class Runner:
         self.loop(0.01, self.pump)
         self.loop(1.0, self.progress if self.err.isatty() else self.fold)
         self.pump()
+        if self.initial_left == 0 and not self.initial_done.called:
+            self.initial_done.callback(None)  # nothing to dial: a publisher-only run
         await self.initial_done
         window_start = self.reactor.seconds()
         if self.opts.churn:
             self.loop(1.0, self.churn_tick)
+        self.publisher = self.make_publisher()
+        if self.publisher is not None and not self.interrupted:
+            self.publisher.start()
         await self.wait(self.opts.duration)
         window_end = self.reactor.seconds()
         for lc in self._loops[2:]:
             lc.stop()
         del self._loops[2:]
+        catch_up = None
+        if self.publisher is not None:
+            await self.publisher.stop()
+            for line in self.publisher.first_errors:
+                print("quoted-load: publish:", line, file=self.err)
+        if self.publisher is not None or self.opts.catch_up:
+            catch_up = await self.caught_up()
         self.queue.clear()
         for c in self.slow_conns:
             c.resume()
@@ -372,7 +411,21 @@ class Runner:
             self.err.write("\n")
         for line in self.mismatch_lines[:3]:
             print("quoted-load: mismatch:", line, file=self.err)
-        return self.summary(window_end - window_start, window_end - began)
+        summary = self.summary(window_end - window_start, window_end - began)
+        summary["catch_up_s"] = catch_up
+        return summary
+
+    async def caught_up(self) -> float:
+        """Wait until the backlog is empty and nothing was read for CATCH_UP_QUIET (every
+        message the server sent is parsed), at most CATCH_UP_MAX; the seconds waited."""
+        backlog = self.stats.backlog
+        began = now = self.reactor.seconds()
+        while backlog is not None and not self.interrupted and now - began < CATCH_UP_MAX:
+            if not backlog.queue and now - backlog.last_read >= CATCH_UP_QUIET:
+                break
+            await self.wait(CATCH_UP_POLL)
+            now = self.reactor.seconds()
+        return round(float(now - began), 3)
 
     async def check(self) -> None:
         """Compare every live document with GET /v1/quotes, symbol by symbol."""
@@ -480,6 +533,7 @@ class Runner:
             "failed_by": dict(s.failed_by),
             "failed_codes": dict(s.failed_codes),
             "interrupted": self.interrupted,
+            "publish": None if self.publisher is None else self.publisher.summary(),
         }
 
 

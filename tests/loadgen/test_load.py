@@ -2,7 +2,8 @@
 real quoted (its frames and fast patch are quoted.wire's: tests/wire).
 
 The runs use quoted.loadgen.cli.run on the test's reactor, against quoted from tests.harness
-ticking every 50 ms with every symbol moving.
+ticking every 50 ms with every symbol moving, or with ``[feed] source = publish`` and
+quoted-load's own publisher (quoted.loadgen.publish) moving the prices.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, utils
+from twisted.internet import defer, reactor, utils
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from quoted.loadgen.cli import Unreachable, parse_args, run
 from quoted.loadgen.conn import LoadConnection, Stats, upgrade_request
-from quoted.loadgen.run import cpu_seconds
+from quoted.loadgen.publish import cents
+from quoted.loadgen.run import Runner, cpu_seconds
 from quoted.wire.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
 from tests.harness import SECRET, QuotedServer, free_port
 from tests.wire.framing import client_frames, server_frame
@@ -286,3 +288,84 @@ async def test_console_script_json_last_line(start_server: Any) -> None:
     summary = json.loads(out.decode().strip().splitlines()[-1])
     assert summary["connected"] == 5 and summary["mismatches"] == 0, summary
     assert err == b""  # no TTY: nothing on stderr but errors
+
+
+# -- whole runs with the publisher ----------------------------------------------------------------
+
+PUBLISH_FEED = {"source": "publish"}
+
+
+def publish_argv(s: QuotedServer, *extra: str) -> list[str]:
+    return argv(s, "--publish-rate", "20", "--publish-symbols", "8", *extra)
+
+
+@pytest_twisted.ensureDeferred
+async def test_run_with_a_publisher(start_server: Any) -> None:
+    """Every item posted is accepted, the subscribers' documents (patched with each broadcast)
+    equal REST at the end, and REST carries the last price the publisher posted."""
+    s = await start_server(feed=PUBLISH_FEED, websocket=WS)
+    err = io.StringIO()
+    runner = Runner(parse_args(publish_argv(s)), reactor, err)
+    r = await runner.run()
+    p = r["publish"]
+    assert p["posts"] >= 20 and p["items"] == 8 * p["posts"], p
+    assert p["accepted"] == p["items"] and p["rejected"] == 0 and p["rejected_by"] == {}, p
+    assert p["statuses"] == {"200": p["posts"]} and p["errors"] == {} and p["skipped"] == 0, p
+    assert_clean(r)
+    # the pool's 20 symbols are posted 8 at a time: each moved many times, seen by subscribers
+    assert r["updates"] > r["connected"] * 3, r
+    assert r["inconclusive"] == 0 and r["verified"] == 20 * 3, r
+    publisher = runner.publisher
+    assert publisher is not None
+    rest = await s.rest_quotes([sym.replace("/", "%2F") for sym in publisher.symbols])
+    assert {sym: q["current_price"] for sym, q in rest.items()} == {
+        sym: cents(price) for sym, price in publisher.price.items()
+    }
+    assert err.getvalue() == ""
+    text = (await s.get("/metrics")).body.decode()
+    count = [
+        ln for ln in text.splitlines() if ln.startswith("quoted_publish_latency_seconds_count")
+    ]
+    assert count and float(count[0].split()[-1]) == p["posts"], count
+
+
+@pytest_twisted.ensureDeferred
+async def test_publisher_without_the_scope_is_refused(start_server: Any) -> None:
+    s = await start_server(feed=PUBLISH_FEED, websocket=WS)
+    err = io.StringIO()
+    args = publish_argv(s, "--publish-token", s.token(), "--duration", "500ms")
+    r = await run(parse_args(args), reactor, err)
+    p = r["publish"]
+    assert p["posts"] > 0 and p["accepted"] == 0, p
+    assert p["statuses"] == {"403": p["posts"]} and p["non_200"] == p["posts"], p
+    assert "insufficient_scope" in err.getvalue()
+    assert r["failed"] == 0 and r["mismatches"] == 0 and r["verified"] == 20 * 3, r
+
+
+@pytest_twisted.ensureDeferred
+async def test_publisher_against_the_simulator_is_not_allowed(start_server: Any) -> None:
+    s = await start_server(feed=FEED, websocket=WS)
+    r = await run_then_still(s, publish_argv(s), io.StringIO())
+    p = r["publish"]
+    assert p["posts"] > 0 and p["statuses"] == {"405": p["posts"]} and p["accepted"] == 0, p
+    assert_clean(r)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_publisher_of_its_own_beside_subscribers_that_catch_up(start_server: Any) -> None:
+    """bench/run's publish scenario in small: ``--conns 0`` only publishes, and the
+    subscribers' run (``--catch-up``) checks its documents once the posts have stopped."""
+    s = await start_server(feed=PUBLISH_FEED, websocket=WS)
+    err = io.StringIO()
+    subscribers = defer.ensureDeferred(run(parse_args(argv(s, "--catch-up")), reactor, err))
+    posts = argv(s, "--conns", "0", "--publish-rate", "20", "--publish-symbols", "8")
+    publisher = await run(parse_args(posts), reactor, err)
+    r = await subscribers
+    p = publisher["publish"]
+    assert publisher["connected"] == 0 and publisher["verified"] == 0, publisher
+    assert p["posts"] >= 20 and p["accepted"] == p["items"] and p["non_200"] == 0, p
+    assert r["publish"] is None and r["catch_up_s"] is not None, r
+    assert_clean(r)
+    assert r["inconclusive"] == 0 and r["verified"] == 20 * 3, r
+    assert r["updates"] > r["connected"] * 3, r
+    assert err.getvalue() == ""
