@@ -9,16 +9,17 @@ import pytest
 import pytest_twisted
 from twisted.logger import LogEvent, globalLogPublisher
 
+from quoted.server.config import Config
 from tests.harness import QuotedServer, make_config
 
 
 @pytest_twisted.async_yield_fixture
-async def start_server() -> AsyncIterator[Callable[..., Any]]:
-    """``await start_server(websocket={...})``: a started quoted, stopped after the test."""
+async def start_config() -> AsyncIterator[Callable[..., Any]]:
+    """``await start_config(config)``: a started quoted on ``config``, stopped after the test."""
     servers: list[QuotedServer] = []
 
-    async def start(**sections: dict[str, Any]) -> QuotedServer:
-        s = QuotedServer(make_config(**sections))
+    async def start(config: Config) -> QuotedServer:
+        s = QuotedServer(config)
         await s.start()
         servers.append(s)
         return s
@@ -27,6 +28,17 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
     for s in servers:
         if s.service.running:
             await s.stop()
+
+
+@pytest.fixture
+def start_server(start_config: Callable[..., Any]) -> Callable[..., Any]:
+    """``await start_server(websocket={...})``: a started quoted, stopped after the test."""
+
+    async def start(**sections: dict[str, Any]) -> QuotedServer:
+        s: QuotedServer = await start_config(make_config(**sections))
+        return s
+
+    return start
 
 
 @pytest_twisted.async_yield_fixture

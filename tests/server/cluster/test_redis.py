@@ -68,6 +68,8 @@ def _read_reply(f: Any) -> Any:
 class Redis:
     """A redis-server child on a free port, without persistence, killed after the test."""
 
+    persistence: tuple[str, ...] = ("--appendonly", "no")
+
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.workdir = workdir
@@ -82,7 +84,7 @@ class Redis:
         self.proc = subprocess.Popen(
             [
                 *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", str(self.workdir)),
+                *("--save", "", *self.persistence, "--dir", str(self.workdir)),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -92,7 +94,7 @@ class Redis:
             try:
                 if self.call("PING") == "PONG":
                     return
-            except OSError:
+            except (OSError, RedisError):  # not up yet, or still loading its file
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)

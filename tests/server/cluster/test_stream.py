@@ -14,8 +14,6 @@ from __future__ import annotations
 import secrets
 import shutil
 import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,25 +39,7 @@ class DurableRedis(Redis):
     """A redis-server whose every write is in its append-only file before the reply, so a
     SIGKILL and a start on the same port and directory give the same stream back."""
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
-                *("--dir", str(self.workdir)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if self.call("PING") == "PONG":
-                    return
-            except (OSError, Exception):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
+    persistence = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 def call_bytes(r: Redis, *args: bytes | str | int) -> Any:
@@ -301,23 +281,6 @@ async def test_one_batch_in_flight_and_stop_waits_for_it(
 # -- inside a real quoted ------------------------------------------------------------------------
 
 
-@pytest_twisted.async_yield_fixture
-async def servers() -> AsyncIterator[Any]:
-    """``await servers(config)``: a started QuotedServer, stopped after the test."""
-    started: list[QuotedServer] = []
-
-    async def start(config: Any) -> QuotedServer:
-        s = QuotedServer(config)
-        await s.start()
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        if s.service.running:
-            await s.stop()
-
-
 def stream_config(url: str, stream: str, **redis: Any) -> Any:
     return make_config(
         feed={"source": "redis_stream", "stream": stream},
@@ -351,8 +314,10 @@ def logged() -> Iterator[list[dict[str, Any]]]:
 
 
 @ensure
-async def test_entries_reach_rest_and_subscribers(redis: Redis, stream: str, servers: Any) -> None:
-    s = await servers(stream_config(redis.url, stream))
+async def test_entries_reach_rest_and_subscribers(
+    redis: Redis, stream: str, start_config: Any
+) -> None:
+    s = await start_config(stream_config(redis.url, stream))
     client = await s.connect("symbols=AAPL,MSFT")
     await client.wait_type("quotes_patch")
     now = int(reactor.seconds() * 1000)
@@ -373,9 +338,9 @@ async def test_entries_reach_rest_and_subscribers(redis: Redis, stream: str, ser
 
 @ensure
 async def test_a_malformed_entry_is_counted_and_skipped(
-    redis: Redis, stream: str, servers: Any, logged: list[dict[str, Any]]
+    redis: Redis, stream: str, start_config: Any, logged: list[dict[str, Any]]
 ) -> None:
-    s = await servers(stream_config(redis.url, stream))
+    s = await start_config(stream_config(redis.url, stream))
     xadd(redis, stream, symbol="AAPL", price="10")
     xadd(redis, stream, symbol="MSFT", price="abc")  # bad_price
     xadd(redis, stream, symbol="MSFT", price="11", colour="red")  # bad_item: unknown field
@@ -414,10 +379,10 @@ def durable_redis(tmp_path: Path) -> Iterator[Redis]:
 
 @ensure
 async def test_the_reader_survives_a_redis_restart_without_losing_or_repeating(
-    durable_redis: Redis, stream: str, servers: Any
+    durable_redis: Redis, stream: str, start_config: Any
 ) -> None:
     r = durable_redis
-    s = await servers(stream_config(r.url, stream))
+    s = await start_config(stream_config(r.url, stream))
     # no time field: each entry takes its receipt time, so one read twice would be accepted
     # twice (never stale) and show in the count
     for p in (1, 2, 3):
@@ -443,11 +408,11 @@ SYMBOLS = ["AAPL", "MSFT", "TSLA"]
 )
 @ensure
 async def test_with_redis_only_the_leader_reads_and_the_next_goes_on_from_the_cursor(
-    redis: Redis, stream: str, servers: Any
+    redis: Redis, stream: str, start_config: Any
 ) -> None:
     prefix = f"qt-{secrets.token_hex(4)}:"
     config = stream_config(redis.url, stream, enabled=True, prefix=prefix, lease_ttl=1.0)
-    a, b = await servers(config), await servers(config)
+    a, b = await start_config(config), await start_config(config)
     await eventually(lambda: sum(s.parts.bridge.leading() for s in (a, b)) == 1, timeout=5)
     leader, other = (a, b) if a.parts.bridge.leading() else (b, a)
     client = await other.connect("symbols=" + ",".join(SYMBOLS))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,21 +211,17 @@ class Producer(Protocol):
 
 
 @pytest_twisted.async_yield_fixture
-async def quoted(plugins: Callable[..., Path], tmp_path: Path) -> Any:
+async def quoted(
+    plugins: Callable[..., Path], tmp_path: Path, start_config: Callable[..., Any]
+) -> AsyncIterator[Any]:
     """``await quoted(**options)``: a started quoted fed by the example; stopped after."""
     plugins()
-    servers: list[QuotedServer] = []
 
     async def start(**options: str) -> QuotedServer:
-        server = QuotedServer(plugin_config(tmp_path, **options))
-        await server.start()
-        servers.append(server)
+        server: QuotedServer = await start_config(plugin_config(tmp_path, **options))
         return server
 
     yield start
-    for server in servers:
-        if server.service.running:
-            await server.stop()
 
 
 def feed_port(server: QuotedServer) -> int:
