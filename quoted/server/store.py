@@ -19,11 +19,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
+from typing import cast
 
 from quoted.server.instruments import Instrument, InstrumentError
 from quoted.wire.symbols import escape_pointer
 
 __all__ = [
+    "MAX_MS",
+    "MAX_PRICE",
     "Entry",
     "PriceAt",
     "Quote",
@@ -35,6 +38,10 @@ __all__ = [
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z, the last millisecond RFC 3339 (and ``datetime``) can write."""
+MAX_PRICE = 1e12
+"""A price's bound, as an instrument's base price's (quoted.server.instruments)."""
 
 # The fields a tick can change, in the order of a patch's operations.
 DYNAMIC_FIELDS = ("current_price", "change", "change_percent", "last_updated")
@@ -244,14 +251,25 @@ class Entry:
 
     def _set_base(self, base_price: float) -> None:
         self.base_price = base_price
-        self._base = b',"base_price":' + format_number(base_price).encode() + b',"change":'
+        self._base = self._base_json(base_price)
+
+    @staticmethod
+    def _base_json(base_price: float | None) -> bytes:
+        if base_price is None or not (math.isfinite(base_price) and 0 < base_price <= MAX_PRICE):
+            raise ValueError(f"base price {base_price!r} is not in (0, 1e12]")
+        return b',"base_price":' + format_number(base_price).encode() + b',"change":'
 
     def _set_volume(self, volume: int) -> None:
         self.volume = volume
+        self._tail = self._tail_json(volume)
+
+    def _tail_json(self, volume: int | None) -> bytes:
+        if volume is None or not 0 <= volume < 2**63:
+            raise ValueError(f"volume {volume!r} is not in [0, 2**63)")
         tail = b',"volume":' + str(volume).encode()
         if self.instrument.market_cap:
             tail += b',"market_cap":' + str(int(self.instrument.market_cap)).encode()
-        self._tail = tail + b"}"
+        return tail + b"}"
 
     @property
     def add_op(self) -> bytes:
@@ -262,7 +280,9 @@ class Entry:
         """Make the quote at ``round2(price)``, computed at ``at_ms``, current and return it.
 
         Return None, and change nothing, when neither the rounded price nor the millisecond
-        differs from the current quote.
+        differs from the current quote; ValueError, and nothing changed, when the rounded
+        price is not in (0, 1e12] (a price below 0.005 is never served as 0) or the time is
+        past :data:`MAX_MS`.
         """
         price = round2(price)
         prev = self.latest
@@ -286,24 +306,44 @@ class Entry:
         ``change`` and ``change_percent`` are rounded as for :meth:`set`. A quote whose base
         price or volume changed is patched with a whole-quote ``replace`` (protocol.md
         section 4: field replaces cover only the four fields a tick moves). Return None, and
-        change nothing, when nothing differs from the current quote.
+        change nothing, when nothing differs from the current quote; ValueError, and nothing
+        changed, when a value is out of range (:meth:`_build`).
         """
         prev = self.latest
-        whole = False
-        if base_price is not None and base_price != self.base_price:
-            self._set_base(base_price)
-            whole = True
-        if volume is not None and volume != self.volume:
-            self._set_volume(volume)
-            whole = True
+        base = self._base_json(base_price) if base_price not in (None, self.base_price) else None
+        tail = self._tail_json(volume) if volume not in (None, self.volume) else None
+        whole = base is not None or tail is not None
         if not whole and price == prev.current_price and at_ms == prev.last_updated_ms:
             return None
-        q = self._build(prev, price, at_ms, whole=whole)
+        # built before anything changes: a quote that cannot be built (ValueError) changes nothing
+        q = self._build(
+            prev, price, at_ms, whole, base_price if base is not None else None, base, tail
+        )
+        if base is not None:
+            self.base_price, self._base = cast(float, base_price), base
+        if tail is not None:
+            self.volume, self._tail = cast(int, volume), tail
         self.latest = q
         return q
 
-    def _build(self, prev: Quote | None, price: float, at_ms: int, whole: bool = False) -> Quote:
-        base = self.base_price
+    def _build(
+        self,
+        prev: Quote | None,
+        price: float,
+        at_ms: int,
+        whole: bool = False,
+        base_price: float | None = None,
+        base_json: bytes | None = None,
+        tail_json: bytes | None = None,
+    ) -> Quote:
+        """The quote at ``price`` and ``at_ms`` after ``prev`` (the entry's base and tail, or
+        the ones given); ValueError, and nothing built, for a price outside (0, 1e12] (never
+        served as 0) or a time outside [0, MAX_MS]."""
+        if not (math.isfinite(price) and 0 < price <= MAX_PRICE):
+            raise ValueError(f"price {price!r} is not in (0, 1e12]")
+        if not 0 <= at_ms <= MAX_MS:
+            raise ValueError(f"time {at_ms!r} ms is not in [0, 9999-12-31]")
+        base = self.base_price if base_price is None else base_price
         change = round2(price - base)
         change_percent = round2(change / base * 100)
         p = format_number(price).encode()
@@ -311,7 +351,17 @@ class Entry:
         cp = format_number(change_percent).encode()
         t = _time_json(at_ms)
         body = b"".join(
-            (self._head, p, self._base, c, _CHANGE_PERCENT, cp, _LAST_UPDATED, t, self._tail)
+            (
+                self._head,
+                p,
+                self._base if base_json is None else base_json,
+                c,
+                _CHANGE_PERCENT,
+                cp,
+                _LAST_UPDATED,
+                t,
+                self._tail if tail_json is None else tail_json,
+            )
         )
         replace = self._replace_prefix + body + b"}"
         patch = replace
