@@ -1,8 +1,10 @@
 """Peers kept in step through Redis: one price source, the same quotes on every process.
 
 :class:`RedisBridge` is an IService on the injected reactor with two txredisapi connections
-(commands and Pub/Sub), each reconnected by txredisapi with backoff (100 ms doubling to 5 s,
-with jitter). What it does (quoted.server.cluster.lease holds the keys, scripts and codec):
+(commands and Pub/Sub), each reconnected with backoff (100 ms doubling to 5 s, with jitter)
+whatever failed, a SELECT or AUTH timing out against a hung Redis included
+(quoted.server.cluster.lease.CommandFactory). What it does (lease.py: keys and scripts;
+codec.py: the values and their bounds; applier.py: applying them):
 
 - **Lease.** quoted.server.cluster.lease.FeedLease, renewed or tried every ``lease_ttl / 3``.
   The simulator moves prices only while this process leads (:meth:`movable`): every symbol
@@ -11,22 +13,24 @@ with jitter). What it does (quoted.server.cluster.lease holds the keys, scripts 
   process's token, then writes ``fence ms price`` to the quotes hash and publishes it on the
   symbol's channel. The leader applies the tick once the script said yes; the others apply
   what arrives on the channels. Both go through :meth:`apply`: newer stamps only, one
-  ``publish`` per batch, the same bytes on every process.
+  ``publish`` per batch, the same bytes on every process. A leader whose own tick is older
+  than what it applied (its clock stepped back) takes a new fence above it (FeedLease.refence).
 - **Record.** With another source (``simulated`` False), :meth:`record` orders published
   ticks in Redis (quoted.server.cluster.order). Every process follows the whole market (one
   PSUBSCRIBE), so REST shows every published quote; a new leader seeds nothing.
 - **Follow.** The hub (the bridge is its follower) calls :meth:`follow` when a symbol gets its
   first local subscriber: the bridge SUBSCRIBEs to its channel, then reads it with HMGET and
   applies it if newer. Every second it UNSUBSCRIBEs, in one command, the symbols nobody here
-  uses any more and scores this process's symbols in the interest ZSET 5 s ahead; every 2 s
-  it re-reads the followed symbols (HMGET, 500 a batch) to make good a lost message.
+  uses any more and scores this process's symbols in the interest ZSET; every 2 s it re-reads
+  the followed symbols (HMGET, 500 a batch) to make good a lost message.
 - **Outage.** A lost connection or a reply later than 1 s (PING every 500 ms) marks Redis down:
-  ``quoted_broker_up`` 0, ``/readyz`` 200 degraded, nobody leads, no client is dropped. The
-  process that led when Redis went away keeps ticking its own clients' symbols locally; the
-  others serve what they have. When both connections are back it forgets what it applied,
-  subscribes again, applies the whole hash (HGETALL), and only then reports up; a new leader
-  publishes its current quote for every used symbol the hash lacks (all, after a restart
-  without persistence), and every client converges through ordinary updates.
+  ``quoted_broker_up`` 0, nobody leads, no client is dropped, ``/readyz`` 200 degraded and
+  503 once the outage lasted OUTAGE_GRACE. The process that led keeps ticking its own clients'
+  symbols locally only while its lease is valid by its clock (the last renewal's send time plus
+  the TTL): after that another process may lead, and two sources would serve two documents.
+  When both connections are back it forgets what it applied, subscribes again, applies the
+  whole hash (HGETALL), and only then reports up; a new leader publishes its current quote for
+  every used symbol the hash lacks, and every client converges through ordinary updates.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from quoted.server.cluster.applier import Applier
+from quoted.server.cluster.interest import Interest
 from quoted.server.cluster.lease import (
     PUBLISH,
     CommandFactory,
@@ -50,11 +56,9 @@ from quoted.server.cluster.lease import (
     Keys,
     Read,
     Shared,
-    Stamp,
     SubscriberFactory,
     endpoint,
-    interest_args,
-    parse_shared,
+    on,
     parse_url,
     publish_args,
     read_shared,
@@ -71,8 +75,11 @@ __all__ = ["RedisBridge"]
 
 PING_EVERY = 0.5
 UPKEEP_EVERY = 1.0
-INTEREST_TTL_MS = 5000
 REPAIR_EVERY = 2.0
+OUTAGE_GRACE = 10.0
+"""Seconds Redis may be unreachable before /readyz answers 503: long enough for a Redis
+restart or failover (a few seconds), short enough that a load balancer soon stops sending new
+clients to an instance that cannot serve the shared market."""
 
 Move = tuple[Entry, float]
 
@@ -111,6 +118,7 @@ class RedisBridge(MultiService):
         self._cursor_key = self._keys.cursor_of(stream)
         self._simulated = simulated
         self._ttl = config.lease_ttl
+        self._down_since: float | None = None
         token = token if token is not None else secrets.token_hex(16)
         self._lease = FeedLease(self._seconds, self._ttl, self._keys, token, self._new_leader)
         self._store = store
@@ -129,7 +137,9 @@ class RedisBridge(MultiService):
         self._used: dict[Entry, None] = {}
         self._followed: set[Entry] = set()  # entries whose channel is subscribed
         self._to_follow: set[Entry] = set()
-        self._applied: dict[Entry, Stamp] = {}
+        self._applier = Applier(store, self._deliver, self._now_ms)
+        interest = self._keys.interest
+        self._interest = Interest(interest, store, self._now_ms, self._call, self._failed)
         self._inbox: list[tuple[Entry, Shared]] = []
         self._calls: dict[str, IDelayedCall] = {}
         self._last_repair = 0.0
@@ -165,14 +175,14 @@ class RedisBridge(MultiService):
         process's own while it ticks locally through an outage, none otherwise."""
         if self.leading():
             return list(dict.fromkeys([*self._union, *self._used]))
-        if not self.up and self._local_feed:
+        if self._local_feeding():
             return list(self._used)
         return []
 
     def emit(self, moves: Sequence[Move], at_ms: int) -> int:
         """One tick's new prices from the oscillator; returns how many quotes it moves."""
         if not self.up:
-            return self._apply_local(moves, at_ms) if self._local_feed else 0
+            return self._apply_local(moves, at_ms) if self._local_feeding() else 0
         if not self.leading():
             return 0
         return self._publish(moves, at_ms)
@@ -194,27 +204,31 @@ class RedisBridge(MultiService):
         if not self.reached:
             return 503, {"status": "starting", "reason": "redis not reached yet"}
         if not self.up:
-            serving = "local prices" if self._simulated else "the last prices, publishing refused"
+            down = self._seconds() - (self._down_since or self._seconds())
+            if down >= OUTAGE_GRACE:
+                why = f"redis unreachable for {down:.0f}s (more than {OUTAGE_GRACE:g}s)"
+                return 503, {"status": "unavailable", "reason": why}
+            serving = "local prices" if self._local_feeding() else "the last prices"
+            serving += "" if self._simulated else ", publishing refused"
             return 200, {"status": "degraded", "reason": f"redis unreachable: serving {serving}"}
         return None
 
+    def _local_feeding(self) -> bool:
+        """Whether this process ticks its own clients' symbols through an outage: it led when
+        Redis went away and its lease is still valid by its clock (module docstring)."""
+        local = self._simulated and self._local_feed
+        return local and not self.up and self._seconds() < self._lease.valid_until
+
     def apply(self, batch: Iterable[tuple[Entry, Shared]]) -> list[Quote]:
         """Apply each shared quote newer than the last applied for its entry; publish the new
-        quotes as one batch and return them."""
-        quotes: list[Quote] = []
-        applied = self._applied
-        for e, s in batch:
-            prev = applied.get(e)
-            if prev is not None and s.stamp <= prev:
-                continue
-            applied[e] = s.stamp
-            # exact: a simulator price is rounded already (encode), so put agrees with set
-            q = e.put(s.price, s.stamp.ms, s.volume, s.base)
-            if q is not None:
-                quotes.append(q)
-        if quotes:
-            self._publish_quotes(quotes)
-        return quotes
+        quotes as one batch and return them (quoted.server.cluster.applier)."""
+        return self._applier.apply(batch)
+
+    def _deliver(self, quotes: list[Quote]) -> None:  # publish is replaced by some tests
+        self._publish_quotes(quotes)
+
+    def _now_ms(self) -> int:
+        return int(self._seconds() * 1000)
 
     def record(self, batch: Batch, cursor: Cursor | None) -> Deferred[list[bool]]:
         """quoted.server.feeds.sink.SharedOrder: one RECORD script for ``batch`` (and the
@@ -222,7 +236,8 @@ class RedisBridge(MultiService):
         if not self.up:
             return defer.fail(BrokerUnavailable("redis is not reachable"))
         keys = [self._keys.quotes, self._cursor_key]
-        d = self._eval(RECORD, keys, record_args(self._keys.channel, batch, cursor))
+        args = record_args(self._keys.channel, batch, cursor, self._now_ms())
+        d = self._eval(RECORD, keys, args)
         return d.addCallbacks(recorded, unavailable, (batch, self.apply))
 
     # -- service ------------------------------------------------------------------------------
@@ -232,7 +247,6 @@ class RedisBridge(MultiService):
         self._cmd_factory = CommandFactory(self, self._target)
         self._sub_factory = SubscriberFactory(self, self._target)
         for f in (self._cmd_factory, self._sub_factory):
-            f.deferred.addErrback(self._connect_error)
             f.startConnecting(endpoint(self._reactor, self._target))
         self.log.info(
             "redis bridge started: {host}:{port}, prefix {prefix}",
@@ -261,9 +275,6 @@ class RedisBridge(MultiService):
         await defer.gatherResults([f.disconnect() for f in factories], consumeErrors=True)
         self.up = False
         self._metrics.broker_up.set(0)
-
-    def _connect_error(self, failure: Failure) -> None:
-        self.log.error("redis refused the connection: {error}", error=failure.getErrorMessage())
 
     def _seconds(self) -> float:
         return float(self._reactor.seconds())
@@ -296,6 +307,7 @@ class RedisBridge(MultiService):
             self.up = False
         elif self.up:
             self._local_feed = self.leading()
+            self._down_since = self._seconds()
             self.up = False
             self._lease.held = False
             self._metrics.broker_up.set(0)
@@ -310,7 +322,7 @@ class RedisBridge(MultiService):
         if self.up or self._resyncing or self._cmd is None or self._sub is None:
             return
         self._resyncing = True
-        self._applied.clear()
+        self._applier.forget()
         self._followed = set(self._used)
         d = self._subscribe(self._followed) if self._simulated else self._subscribe_market()
         d.addCallback(lambda _: self._call("HGETALL", self._keys.quotes))
@@ -319,11 +331,12 @@ class RedisBridge(MultiService):
         d.addBoth(self._resynced)
 
     def _loaded(self, flat: list[str]) -> None:
-        batch = list(parse_shared(self._store.lookup, flat[0::2], flat[1::2]))
+        batch = self._applier.parse(flat[0::2], flat[1::2], self._keys.quotes + " ")
         self.apply(batch)
         was_reached, self.reached = self.reached, True
         self.up = True
         self._local_feed = False
+        self._down_since = None
         self._metrics.broker_up.set(1)
         self.log.info(
             "redis {what}: {n} shared quotes applied, following {f} symbols",
@@ -345,29 +358,20 @@ class RedisBridge(MultiService):
     # -- commands -------------------------------------------------------------------------------
 
     def _call(self, *args: object) -> Deferred[Any]:
-        if self._cmd is None:
-            return defer.fail(txredisapi.ConnectionError("redis is not connected"))
-        return defer.maybeDeferred(self._cmd.execute_command, *args)
+        return on(self._cmd, "execute_command", *args)
 
     def _eval(self, script: str, keys: list[str], args: list[object]) -> Deferred[Any]:
-        if self._cmd is None:
-            return defer.fail(txredisapi.ConnectionError("redis is not connected"))
-        return defer.maybeDeferred(self._cmd.eval, script, keys, args)
+        return on(self._cmd, "eval", script, keys, args)
 
     def _subscribe(self, entries: Iterable[Entry]) -> Deferred[Any]:
         chans = [self._keys.channel + e.symbol for e in entries]
-        sub = self._sub
         if not chans or not self._simulated:  # the market's pattern covers every channel
             return defer.succeed(None)
-        if sub is None:
-            return defer.fail(txredisapi.ConnectionError("redis is not connected"))
-        return defer.maybeDeferred(sub.subscribe, chans)
+        return on(self._sub, "subscribe", chans)
 
     def _subscribe_market(self) -> Deferred[Any]:
         """PSUBSCRIBE every symbol's channel (the prefix's glob characters escaped)."""
-        if self._sub is None:
-            return defer.fail(txredisapi.ConnectionError("redis is not connected"))
-        return defer.maybeDeferred(self._sub.psubscribe, self._keys.market)
+        return on(self._sub, "psubscribe", self._keys.market)
 
     def _failed(self, failure: Failure, what: str) -> None:
         f = root_failure(failure)
@@ -377,7 +381,9 @@ class RedisBridge(MultiService):
         self.log.failure("redis {what} failed", f, what=what, log_id="quoted.redis.error")
 
     def _read(self, entries: Sequence[Entry]) -> Deferred[Read]:
-        return read_shared(self._call, self._keys.quotes, self._store.lookup, entries)
+        refusals = self._applier.refusals
+        lookup = self._store.lookup
+        return read_shared(self._call, self._keys.quotes, lookup, entries, self._now_ms, refusals)
 
     # -- the lease ------------------------------------------------------------------------------
 
@@ -393,13 +399,8 @@ class RedisBridge(MultiService):
         d.addErrback(self._failed, "seed")
 
     def _refresh_union(self) -> Deferred[None]:
-        """Read which symbols any process uses (the interest ZSET), dropping expired ones."""
-        now_ms = int(self._seconds() * 1000)
-        interest = self._keys.interest
-        trim = self._call("ZREMRANGEBYSCORE", interest, "-inf", f"({now_ms}")
-        trim.addErrback(self._failed, "trim interest")
-        d = self._call("ZRANGEBYSCORE", interest, now_ms, "+inf")
-        return d.addCallback(lambda ms: setattr(self, "_union", _entries(self._store, ms)))
+        """Read which symbols any process uses (quoted.server.cluster.interest)."""
+        return self._interest.read().addCallback(lambda es: setattr(self, "_union", es))
 
     def _seed_missing(self) -> Deferred[None]:
         """A new leader publishes its current quote of every used symbol the hash lacks."""
@@ -428,21 +429,23 @@ class RedisBridge(MultiService):
     def _published(self, ok: object, batch: list[tuple[Entry, Shared]]) -> None:
         if int(str(ok)) == 1:
             self.apply(batch)
+            behind = self._applier.behind
+            if behind is not None:  # this leader's own tick was older: outrank it
+                self._lease.refence(self._eval, self._failed, behind.version)
         else:
             self._lease.lost("the publish script found another token: tick dropped")
 
     def _apply_local(self, moves: Sequence[Move], at_ms: int) -> int:
         """Redis is away and this process led: its own prices, forgetting the shared stamps
         (whatever Redis holds when it returns replaces them)."""
-        for e, _ in moves:
-            self._applied.pop(e, None)
+        self._applier.forget(e for e, _ in moves)
         return len(apply_prices([(e, p, at_ms) for e, p in moves], self._publish_quotes))
 
     def _message(self, channel: str, payload: str) -> None:
         prefix = self._keys.channel
         if not channel.startswith(prefix):
             return
-        self._inbox.extend(parse_shared(self._store.lookup, [channel[len(prefix) :]], [payload]))
+        self._inbox.extend(self._applier.parse([channel[len(prefix) :]], [payload], prefix))
         self._soon("inbox", self._drain_inbox)
 
     def _drain_inbox(self) -> None:
@@ -490,23 +493,13 @@ class RedisBridge(MultiService):
             self._followed -= drop
             if self._simulated:
                 chans = [self._keys.channel + e.symbol for e in drop]
-                d = defer.maybeDeferred(self._sub.unsubscribe, chans)
+                d = on(self._sub, "unsubscribe", chans)
                 d.addErrback(self._failed, "unsubscribe")
         todo = [e for e in self._used if e not in self._followed]
         if todo:
             self._follow(todo)
 
     def _add_interest(self, entries: Iterable[Entry] | None = None) -> None:
-        """Score this process's used symbols (or ``entries``) INTEREST_TTL_MS ahead, for the
-        leader's simulator."""
-        if not self._simulated:
-            return
-        symbols = sorted(e.symbol for e in (self._used if entries is None else entries))
-        until = int(self._seconds() * 1000) + INTEREST_TTL_MS
-        for args in interest_args(until, symbols):
-            d = self._call("ZADD", self._keys.interest, "GT", *args)
-            d.addErrback(self._failed, "record interest")
-
-
-def _entries(store: QuoteStore, symbols: Iterable[str]) -> list[Entry]:
-    return [e for e in map(store.lookup, symbols) if e is not None]
+        """Score this process's used symbols (or ``entries``) for the leader's simulator."""
+        if self._simulated:
+            self._interest.add(self._used if entries is None else entries)

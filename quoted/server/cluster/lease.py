@@ -11,50 +11,44 @@ its lease (GC, SIGSTOP, a partition) cannot publish once another took over.
 :class:`SubscriberFactory` are txredisapi's reconnecting factories, telling their owner when a
 connection becomes usable and when it is lost.
 
-A shared quote is one hash field per symbol (and the same text on the symbol's channel), in one
-of two forms, told apart by their number of space-separated fields:
-
-- ``fence unix_ms price``: a simulator tick (:func:`encode`), the price rounded to cents, written
-  by the lease holder's PUBLISH script; what peers before published quotes wrote.
-- ``version unix_ms price volume base``: a published tick (:func:`encode_published`), written
-  by the RECORD script (quoted.server.cluster.order), which decides in one step whether the
-  tick is stale and its version (the previous value's first field + 1, so a published quote
-  outranks the simulator quote it follows). The price is exact (``format_number``: a
-  published price is not rounded); ``volume`` (an integer) and ``base`` (the reference
-  price) are ``-`` when no tick of the symbol ever gave one, and otherwise the last given
-  (the script carries them forward).
-
-Every field is checked when read (:func:`decode`): integers of at most 15 digits (exact in
-Lua's doubles), prices and bases plain decimals above 0 (a base at most 1e12, as a reference
-price), a volume below 2**63; anything else is malformed, skipped by readers and overwritten
-by the next recorded tick. Every peer, the recorder included, builds the quote with
-``Entry.put(price, unix_ms, volume, base)``, which gives the same JSON bytes everywhere, and
-applies it only if its :class:`Stamp` (first field, then time) is newer than the last one it
-applied for that symbol.
+The shared quotes' codec and its bounds are quoted.server.cluster.codec (re-exported here).
 """
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import txredisapi
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from quoted.server.store import Entry, format_number, round2
+from quoted.server.cluster.codec import (
+    MAX_AHEAD_MS,
+    MAX_BASE,
+    Refusals,
+    Shared,
+    Stamp,
+    decode,
+    encode,
+    encode_published,
+    parse_shared,
+    publish_args,
+)
+from quoted.server.store import Entry
 
 __all__ = [
     "ACQUIRE",
     "BATCH",
     "CONNECT_TIMEOUT",
+    "MAX_AHEAD_MS",
     "MAX_BASE",
     "PUBLISH",
     "RELEASE",
@@ -65,6 +59,7 @@ __all__ = [
     "Keys",
     "Read",
     "RedisTarget",
+    "Refusals",
     "Shared",
     "Stamp",
     "SubscriberFactory",
@@ -73,6 +68,7 @@ __all__ = [
     "encode_published",
     "endpoint",
     "interest_args",
+    "on",
     "parse_shared",
     "parse_url",
     "publish_args",
@@ -80,31 +76,40 @@ __all__ = [
     "root_failure",
 ]
 
-# KEYS: lease, fence. ARGV: token, ttl ms, now ms.
-# Returns the fencing number when this token holds the lease now (taken, or still held after
-# a short outage), 0 when another token holds it.
+# KEYS: lease, fence. ARGV: token, ttl ms, now ms, floor, renew ("1": a new fence even when
+# the lease is ours). Answers {'ours', fence} when this token holds the lease now (taken, kept
+# after a short outage, or given a new fence), {'other', 0} when another token holds it: a
+# fence is never 0, so the two never read alike.
+# The fence is kept only when the lease is ours, the fence key is a string of at most 15
+# digits, above 0 and at least ``floor`` (the caller's last fence: a fence rewritten lower, or
+# lost, would make every peer ignore this leader), and no new one was asked for. Otherwise the
+# new fence is max(readable fence + 1, now, floor + 1). Every key's type is checked before any
+# write (a GET or INCR on another type would stop the script half-way: Redis scripts are not
+# rolled back), and the writes come last: the fence, then the lease.
 ACQUIRE = """
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then
+local function str(key)
+  if redis.call('TYPE', key).ok == 'string' then return redis.call('GET', key) end
+end
+local cur = str(KEYS[1])
+if cur and cur ~= ARGV[1] then
+  return {'other', 0}
+end
+local f = str(KEYS[2])
+if f and #f <= 15 and string.find(f, '^%d+$') then f = tonumber(f) else f = nil end
+local floor = tonumber(ARGV[4])
+if cur and f and f > 0 and f >= floor and ARGV[5] ~= '1' then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return tonumber(redis.call('GET', KEYS[2]) or '0')
+  return {'ours', f}
 end
-if cur then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-local f = redis.call('INCR', KEYS[2])
-local now = tonumber(ARGV[3])
-if f < now then
-  redis.call('SET', KEYS[2], ARGV[3])
-  f = now
-end
-return f
+local n = math.max((f or 0) + 1, tonumber(ARGV[3]), floor + 1)
+redis.call('SET', KEYS[2], string.format('%d', n))
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {'ours', n}
 """
 
 # KEYS: lease. ARGV: token, ttl ms. 1 when renewed, 0 when the lease is not ours.
 RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.call('TYPE', KEYS[1]).ok == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
@@ -112,7 +117,7 @@ return 0
 
 # KEYS: lease. ARGV: token. Hands the lease over at once on a clean stop.
 RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.call('TYPE', KEYS[1]).ok == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -121,7 +126,7 @@ return 0
 # KEYS: lease, quotes hash. ARGV: token, channel prefix, then symbol, payload pairs.
 # 1 when stored and published, 0 (and nothing written) when the lease is not ours.
 PUBLISH = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' or redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
 for i = 3, #ARGV, 2 do
@@ -161,100 +166,10 @@ class Keys:
         return self.cursor + stream
 
 
-class Stamp(NamedTuple):
-    """Orders shared quotes: a higher first field wins (a later leader's fence, a later
-    recorded version), then a later millisecond.
-
-    Tuple order is the order: ``Stamp(2, 1) > Stamp(1, 9)``; ``Stamp(0, 0)`` is older than any
-    published quote.
-    """
-
-    version: int
-    ms: int
-
-
-class Shared(NamedTuple):
-    """One quote as Redis carries it; ``volume`` and ``base`` None when it names none."""
-
-    stamp: Stamp
-    price: float
-    volume: int | None = None
-    base: float | None = None
-
-
-MAX_BASE = 1e12  # a reference price's bound (quoted.server.feeds.items.MAX_PRICE)
-_INT = re.compile(r"[0-9]{1,15}")
-_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
-_VOLUME = re.compile(r"[0-9]{1,19}")
-_UNKNOWN = "-"
-
-
-def encode(fence: int, ms: int, price: float) -> str:
-    """``fence ms price``: the price rounded to cents, in its shortest form."""
-    return f"{fence} {ms} {format_number(round2(price))}"
-
-
-def publish_args(
-    token: str, channel: str, fence: int, moves: Iterable[tuple[Entry, float]], at_ms: int
-) -> tuple[list[object], list[tuple[Entry, Shared]]]:
-    """PUBLISH's ARGV for a simulator tick, and the shared quotes it writes: each price
-    rounded to cents, the entries whose quote it would not change left out."""
-    args: list[object] = [token, channel]
-    batch: list[tuple[Entry, Shared]] = []
-    stamp = Stamp(fence, at_ms)
-    for e, p in moves:
-        price = round2(p)
-        cur = e.latest
-        if price == cur.current_price and at_ms == cur.last_updated_ms:
-            continue
-        args += (e.symbol, encode(fence, at_ms, price))
-        batch.append((e, Shared(stamp, price)))
-    return args, batch
-
-
 def interest_args(until_ms: int, symbols: Sequence[str]) -> Iterator[list[object]]:
     """ZADD's score, member pairs scoring ``symbols`` at ``until_ms``, BATCH a command."""
     for i in range(0, len(symbols), BATCH):
         yield [x for s in symbols[i : i + BATCH] for x in (until_ms, s)]
-
-
-def encode_published(
-    version: int, ms: int, price: float, volume: int | None, base: float | None
-) -> str:
-    """``version ms price volume base``, as the RECORD script writes it: the exact price,
-    ``-`` for an unknown volume or base."""
-    vol = _UNKNOWN if volume is None else str(volume)
-    ref = _UNKNOWN if base is None else format_number(base)
-    return f"{version} {ms} {format_number(price)} {vol} {ref}"
-
-
-def _decimal(text: str, limit: float = math.inf) -> float:
-    if _DECIMAL.fullmatch(text) is None:
-        raise ValueError("malformed shared quote")
-    v = float(text)
-    if not 0 < v <= limit or not math.isfinite(v):
-        raise ValueError("malformed shared quote")
-    return v
-
-
-def decode(payload: str | bytes) -> Shared:
-    """Parse either form (module docstring); ValueError when any field is malformed."""
-    if isinstance(payload, bytes):
-        payload = payload.decode("ascii")  # UnicodeDecodeError is a ValueError
-    parts = payload.split(" ")
-    if len(parts) not in (3, 5) or not all(_INT.fullmatch(p) for p in parts[:2]):
-        raise ValueError("malformed shared quote")
-    stamp = Stamp(int(parts[0]), int(parts[1]))
-    price = _decimal(parts[2])
-    if len(parts) == 3:
-        return Shared(stamp, price)
-    volume: int | None = None
-    if parts[3] != _UNKNOWN:
-        if _VOLUME.fullmatch(parts[3]) is None or int(parts[3]) >= 2**63:
-            raise ValueError("malformed shared quote")
-        volume = int(parts[3])
-    base = None if parts[4] == _UNKNOWN else _decimal(parts[4], MAX_BASE)
-    return Shared(stamp, price, volume, base)
 
 
 BATCH = 500  # symbols a command
@@ -291,17 +206,25 @@ def parse_url(url: str) -> RedisTarget:
 class CommandFactory(txredisapi.RedisFactory):  # type: ignore[misc]
     """One command connection that calls ``bridge._connected(factory, conn)`` when it is
     usable and ``bridge._disconnected(factory, conn)`` when it is gone; reconnects from
-    100 ms doubling to 5 s, with txredisapi's jitter.
+    100 ms doubling to 5 s, with txredisapi's jitter, whatever went wrong, until
+    ``disconnect()``.
 
     txredisapi's factory is used below its documented face (``lazyConnection`` and friends,
     which build on the global reactor): its constructor's keywords, the ``pool`` list, the
-    ``addConnection``/``delConnection`` hooks every connection calls, and ``replyTimeout`` and
-    ``dbid``, read when a connection is made. tests/server/cluster/test_txredisapi.py checks
-    each of these names against the installed version."""
+    ``addConnection``/``delConnection`` hooks every connection calls, ``replyTimeout`` and
+    ``dbid``, read when a connection is made, and two hooks its connections call when their
+    AUTH or SELECT fails (an error or a reply timeout, as against a Redis stopped by SIGSTOP):
+    ``stopTrying()``, which would end the reconnecting for good (an instance degraded for
+    ever), and ``connectionError(why)``. Here the first does nothing (``disconnect()``, which
+    stops our connections, does not go through it) and the second logs, once until a
+    connection is usable again; the failed connection is closed and retried with backoff.
+    tests/server/cluster/test_txredisapi.py checks each of these names against the installed
+    version."""
 
     initialDelay = 0.1
     maxDelay = 5.0
     factor = 2.0
+    log = Logger()
 
     def __init__(self, bridge: Any, target: RedisTarget) -> None:
         super().__init__(
@@ -317,10 +240,29 @@ class CommandFactory(txredisapi.RedisFactory):  # type: ignore[misc]
             username=target.username,
         )
         self.bridge = bridge
+        self._complained = False
+        self.deferred.addErrback(lambda _: None)  # connectionError logged why
+
+    def stopTrying(self) -> Deferred[None]:
+        """Called by txredisapi only when a new connection's AUTH or SELECT failed: go on
+        trying (the connection is closed by the caller and made again after the backoff)."""
+        return defer.succeed(None)
+
+    def connectionError(self, why: str) -> None:
+        """A new connection's AUTH or SELECT failed: logged once until one is usable."""
+        if not self._complained:
+            self._complained = True
+            self.log.warn(
+                "redis connection not usable, retrying: {why}",
+                why=why,
+                log_id="quoted.redis.unusable",
+            )
+        super().connectionError(why)
 
     def addConnection(self, conn: Any) -> None:
         super().addConnection(conn)
         if conn in self.pool:
+            self._complained = False
             self.bridge._connected(self, conn)
 
     def delConnection(self, conn: Any) -> None:
@@ -371,6 +313,8 @@ class FeedLease:
         self.fence = 0
         self.valid_until = 0.0
         self._busy = False
+        self._floor = 0  # a new fence must be above this (refence)
+        self._renew = False
 
     def leading(self) -> bool:
         return self.held and self._seconds() < self.valid_until
@@ -381,15 +325,33 @@ class FeedLease:
             return
         self._busy = True
         sent = self._seconds()
-        if self.leading():
+        if self.leading() and not self._renew:
             d = run(RENEW, [self._keys.lease], [self.token, self._ttl_ms])
             d.addCallback(self._renewed, sent)
         else:
             keys = [self._keys.lease, self._keys.fence]
-            d = run(ACQUIRE, keys, [self.token, self._ttl_ms, int(sent * 1000)])
+            floor = max(self.fence, self._floor)
+            renew = "1" if self._renew else "0"
+            d = run(ACQUIRE, keys, [self.token, self._ttl_ms, int(sent * 1000), floor, renew])
             d.addCallback(self._acquired, sent)
         d.addErrback(failed, "feed lease")
         d.addBoth(self._done)
+
+    def refence(self, run: Run, failed: Failed, above: int) -> None:
+        """This leader's own tick was older than a stamp applied here (its clock stepped back,
+        or a value stamped ahead was applied): take a new fence above ``above`` and that
+        stamp's version, so its next ticks outrank it on every peer (Stamp order: fence
+        first)."""
+        if self._renew and self._floor >= above:
+            return
+        self._floor = max(self._floor, above)
+        self._renew = True
+        self.log.warn(
+            "this leader's tick was older than the shared quote: taking a fence above {above}",
+            above=above,
+            log_id="quoted.redis.refence",
+        )
+        self.tick(run, failed)
 
     def release(self, run: Run) -> Deferred[Any]:
         """Delete the lease if it is ours, so another process takes over at once."""
@@ -404,13 +366,19 @@ class FeedLease:
     def _done(self, _: object) -> None:
         self._busy = False
 
-    def _acquired(self, fence: object, sent: float) -> None:
-        f = int(str(fence))
-        if f == 0:
+    def _acquired(self, reply: object, sent: float) -> None:
+        """ACQUIRE's answer: ``['ours', fence]`` (fence >= 1) or ``['other', 0]``."""
+        if not isinstance(reply, list) or len(reply) != 2 or reply[0] not in ("ours", "other"):
+            raise ValueError(f"ACQUIRE answered {reply!r:.80}")
+        if reply[0] == "other":
             self.lost("another process took the feed lease")
             return
+        f = int(str(reply[1]))
+        if f < 1:
+            raise ValueError(f"ACQUIRE answered fence {f}")
         new = not self.held or f != self.fence
         self.held, self.fence, self.valid_until = True, f, sent + self._ttl
+        self._renew = False
         if new:
             self.log.info(
                 "feed leader: this process publishes prices (fence {fence})",
@@ -434,6 +402,13 @@ def endpoint(reactor: Any, t: RedisTarget) -> Any:
     return tcp
 
 
+def on(conn: Any, method: str, *args: object) -> Deferred[Any]:
+    """``conn.method(*args)`` as a Deferred; a ConnectionError when there is no connection."""
+    if conn is None:
+        return defer.fail(txredisapi.ConnectionError("redis is not connected"))
+    return defer.maybeDeferred(getattr(conn, method), *args)
+
+
 def root_failure(failure: Failure) -> Failure:
     """The first failure inside gatherResults' FirstError wrappers."""
     while isinstance(failure.value, FirstError):
@@ -441,22 +416,7 @@ def root_failure(failure: Failure) -> Failure:
     return failure
 
 
-_log = Logger()
 Read = tuple[list[tuple[Entry, Shared]], list[Entry]]  # present, missing
-
-
-def parse_shared(
-    lookup: Callable[[str], Entry | None], symbols: Sequence[str], payloads: Sequence[str | None]
-) -> Iterator[tuple[Entry, Shared]]:
-    """The (entry, shared quote) of each symbol served here with a well-formed payload."""
-    for sym, payload in zip(symbols, payloads, strict=True):
-        e = lookup(sym)
-        if e is None or payload is None:
-            continue
-        try:
-            yield e, decode(payload)
-        except ValueError:
-            _log.warn("ignored a malformed shared quote of {symbol}", symbol=sym)
 
 
 def read_shared(
@@ -464,9 +424,12 @@ def read_shared(
     key: str,
     lookup: Callable[[str], Entry | None],
     entries: Sequence[Entry],
+    now_ms: Callable[[], int],
+    refusals: Refusals,
 ) -> Deferred[Read]:
     """HMGET the entries' shared quotes from the hash ``key``, BATCH a command: (present,
-    missing)."""
+    missing); a value out of bounds (quoted.server.cluster.codec) is neither, and given to
+    ``refusals``."""
     chunks = [entries[i : i + BATCH] for i in range(0, len(entries), BATCH)]
     ds = [call("HMGET", key, *[e.symbol for e in c]) for c in chunks]
 
@@ -474,6 +437,8 @@ def read_shared(
         es = [e for c in chunks for e in c]
         vs = [v for r in replies for v in r]
         missing = [e for e, v in zip(es, vs, strict=True) if v is None]
-        return list(parse_shared(lookup, [e.symbol for e in es], vs)), missing
+        syms = [e.symbol for e in es]
+        present = parse_shared(lookup, syms, vs, now_ms(), refusals, key + " ")
+        return list(present), missing
 
     return gatherResults(ds, consumeErrors=True).addCallback(split)

@@ -13,7 +13,9 @@ instance applies the same values in the same order.
 The script answers the values it wrote, not only their versions, so the recording instance
 applies exactly what its peers receive on the channels (the volume and base merged in
 Redis included): the same bytes everywhere. A previous value that does not parse (written by
-something else) does not freeze the symbol: the tick replaces it, with its time in unix ms
+something else), or stamped further ahead of the caller's clock than any writer stamps
+(quoted.server.cluster.codec.MAX_AHEAD_MS, which every reader refuses too), does not freeze
+the symbol: the tick replaces it, with its time in unix ms
 as version (above any version counted from 1, as a new fence is).
 
 A Redis Stream source's cursor moves in the same script: it checks that the cursor is where
@@ -31,7 +33,8 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from quoted.server.cluster.lease import Shared, decode, root_failure
+from quoted.server.cluster.codec import MAX_AHEAD_MS, Shared, decode
+from quoted.server.cluster.lease import root_failure
 from quoted.server.feeds.items import Tick
 from quoted.server.feeds.sink import BrokerUnavailable, Cursor, CursorMoved
 from quoted.server.store import Entry, format_number
@@ -43,11 +46,14 @@ Apply = Callable[[list[tuple[Entry, Shared]]], object]
 _log = Logger()
 
 # KEYS: quotes hash, stream cursor. ARGV: channel prefix, expected cursor, new cursor (both ""
-# without one), then per tick: symbol, unix ms, price, volume, base (the last two "" when not
-# given). With a cursor not at expected (absent is "0-0"): -1, and nothing written. Otherwise,
-# per tick in order, the value written and published, or 0 when the tick is stale (the shared
-# quote's time is later); the cursor, when given, is set to new.
+# without one), the largest stamp believable now (the caller's clock + codec.MAX_AHEAD_MS: a
+# previous value stamped later, version or ms, is treated as malformed), then per tick:
+# symbol, unix ms, price, volume, base (the last two "" when not given). With a cursor not at
+# expected (absent is "0-0"): -1, and nothing written. Otherwise, per tick in order, the value
+# written and published, or 0 when the tick is stale (the shared quote's time is later); the
+# cursor, when given, is set to new.
 RECORD = """
+local ahead = tonumber(ARGV[4])
 local function int(s)
   if #s <= 15 and string.find(s, '^%d+$') then return tonumber(s) end
 end
@@ -64,13 +70,15 @@ local function volume(s)
 end
 local function parse(v)
   local a, b, p, vol, base = string.match(v, '^(%d+) (%d+) (%S+) (%S+) (%S+)$')
-  if a == nil then
-    a, b, p = string.match(v, '^(%d+) (%d+) (%S+)$')
+  if a == nil then  -- the simulator's form: a price in cents
+    a, b, p = string.match(v, '^(%d+) (%d+) (%d+%.?%d?%d?)$')
     vol, base = '-', '-'
+    if p ~= nil and string.find(p, '%.$') then return nil end
   end
   if a == nil then return nil end
   local n, ms = int(a), int(b)
-  if n == nil or ms == nil or not decimal(p) or not volume(vol) then return nil end
+  if n == nil or ms == nil or not decimal(p, 1e12) or not volume(vol) then return nil end
+  if n > ahead or ms > ahead then return nil end
   if base ~= '-' and not decimal(base, 1e12) then return nil end
   return n, ms, vol, base
 end
@@ -78,7 +86,7 @@ if ARGV[2] ~= '' and (redis.call('GET', KEYS[2]) or '0-0') ~= ARGV[2] then
   return -1
 end
 local out = {}
-for i = 4, #ARGV, 5 do
+for i = 5, #ARGV, 5 do
   local sym, ms, vol, base = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 3], ARGV[i + 4]
   local version = math.max(1, ms)
   local stale = false
@@ -114,11 +122,12 @@ return out
 
 
 def record_args(
-    channel: str, batch: Sequence[tuple[Entry, Tick]], cursor: Cursor | None
+    channel: str, batch: Sequence[tuple[Entry, Tick]], cursor: Cursor | None, now_ms: int
 ) -> list[object]:
-    """RECORD's ARGV for ``batch`` (exact prices; "" for a volume or reference price not given)."""
+    """RECORD's ARGV for ``batch`` (exact prices; "" for a volume or reference price not
+    given), ``now_ms`` the local clock bounding the previous values' stamps."""
     expected, new = cursor if cursor is not None else ("", "")
-    args: list[object] = [channel, expected, new]
+    args: list[object] = [channel, expected, new, now_ms + MAX_AHEAD_MS]
     for _, t in batch:
         volume = "" if t.volume is None else str(t.volume)
         base = "" if t.reference_price is None else format_number(t.reference_price)

@@ -221,7 +221,6 @@ class StreamFeed(MultiService):
     def startService(self) -> None:
         super().startService()
         self._factory = _ReaderFactory(self, self._target)
-        self._factory.deferred.addErrback(self._connect_error)
         self._factory.startConnecting(endpoint(self._reactor, self._target))
         self.log.info(
             "redis stream source: {stream} on {host}:{port}, {how}",
@@ -249,13 +248,6 @@ class StreamFeed(MultiService):
             d: Deferred[None] = Deferred()
             self._idle.append(d)
             await d
-
-    def _connect_error(self, failure: Failure) -> None:
-        self.log.error(
-            "redis refused the stream reader's connection: {error}",
-            error=failure.getErrorMessage(),
-            log_id="quoted.stream.refused",
-        )
 
     # CommandFactory's hooks
     def _connected(self, factory: Any, conn: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quoted.server.cluster.codec import MAX_AHEAD_MS
 from quoted.server.cluster.lease import (
     Keys,
     Shared,
@@ -29,6 +31,7 @@ from quoted.server.cluster.lease import (
 from quoted.server.cluster.order import RECORD, record_args
 from quoted.server.feeds.items import Tick
 from quoted.server.feeds.sink import BrokerUnavailable, CursorMoved
+from quoted.server.store import MAX_MS
 from tests.harness import eventually, sleep
 from tests.server.cluster.test_redis import (
     Redis,
@@ -47,6 +50,7 @@ ensure = pytest_twisted.ensureDeferred
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
 
 T = 1_764_000_000_000  # a unix ms
+AHEAD = int(time.time() * 1000) + 86_400_000  # a stamp a day ahead of this clock
 
 # -- the codec ----------------------------------------------------------------------------------
 
@@ -55,7 +59,7 @@ prices = st.floats(5e-324, 1e12, allow_nan=False, allow_infinity=False)
 
 @given(
     st.integers(0, 10**15 - 1),
-    st.integers(0, 10**15 - 1),
+    st.integers(0, MAX_MS),
     prices,
     st.none() | st.integers(0, 2**63 - 1),
     st.none() | prices,
@@ -127,13 +131,13 @@ def test_keys_of_a_stream_and_the_market_pattern() -> None:
 
 def test_record_args_carry_exact_prices_and_blanks_for_what_is_not_given() -> None:
     ticks = [Tick("AAPL", 151.2549, T, 1200, 149.1), Tick("MSFT", 0.1 + 0.2, T + 1)]
-    args = record_args("qt:sym:", [(None, t) for t in ticks], ("1-0", "5-0"))  # type: ignore[misc]
+    args = record_args("qt:sym:", [(None, t) for t in ticks], ("1-0", "5-0"), T)  # type: ignore[misc]
     assert args == [
-        *("qt:sym:", "1-0", "5-0"),
+        *("qt:sym:", "1-0", "5-0", T + MAX_AHEAD_MS),
         *("AAPL", str(T), "151.2549", "1200", "149.1"),
         *("MSFT", str(T + 1), "0.30000000000000004", "", ""),
     ]
-    assert record_args("c", [], None) == ["c", "", ""]
+    assert record_args("c", [], None, 0) == ["c", "", "", MAX_AHEAD_MS]
 
 
 # -- the script, on a real redis-server ---------------------------------------------------------
@@ -144,7 +148,8 @@ def run(
 ) -> Any:
     """EVAL RECORD with ``ticks`` of (symbol, ms, price, volume, base) as strings."""
     keys = Keys.of(pfx)
-    args = [keys.channel, *cursor, *(str(x) for t in ticks for x in t)]
+    ahead = int(time.time() * 1000) + MAX_AHEAD_MS
+    args = [keys.channel, *cursor, ahead, *(str(x) for t in ticks for x in t)]
     return r.call("EVAL", RECORD, 2, keys.quotes, keys.cursor_of("s"), *args)
 
 
@@ -197,9 +202,13 @@ def test_script_publishes_what_it_writes(redis: Redis, prefix: str) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    version=st.sampled_from(["7", "0", "999999999999999", "1234567890123456", "x", "-1", ""]),
-    ms=st.sampled_from(["5", "0", "1234567890123456", "1.5"]),
-    price=st.sampled_from(["1", "0.5", "0", "1e3", "inf", "00.10", "-2", "1."]),
+    version=st.sampled_from(
+        ["7", "0", "999999999999999", "1234567890123456", "x", "-1", "", str(AHEAD)]
+    ),
+    ms=st.sampled_from(["5", "0", "1234567890123456", "1.5", str(AHEAD)]),
+    price=st.sampled_from(
+        ["1", "0.5", "0", "1e3", "inf", "00.10", "-2", "1.", "0.004", "1000000000000.01", "1e12"]
+    ),
     tail=st.sampled_from(
         [
             "",
@@ -221,14 +230,15 @@ def test_script_reads_a_value_exactly_as_decode_does(
     redis: Redis, version: str, ms: str, price: str, tail: str
 ) -> None:
     """Lua's check of the previous value and Python's decode never disagree: a value decode
-    accepts is followed (version + 1, its volume and base kept), any other is replaced."""
+    accepts is followed (version + 1, its volume and base kept), any other is replaced; a
+    stamp more than MAX_AHEAD_MS ahead of the clock (AHEAD, a day) is refused by both."""
     pfx = "qt-prop:"
     prev = f"{version} {ms} {price}{tail}"
     redis.call("HSET", Keys.of(pfx).quotes, "AAPL", prev)
     tick_ms = 2**46
     (written,) = run(redis, pfx, [("AAPL", tick_ms, "10", "", "")])
     try:
-        old = decode(prev)
+        old = decode(prev, int(time.time() * 1000))
     except ValueError:
         assert written == f"{tick_ms} {tick_ms} 10 - -"
     else:
