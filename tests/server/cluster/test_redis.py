@@ -448,7 +448,7 @@ async def test_readiness_before_redis_and_during_an_outage(
     )
     assert never.gauge("quoted_broker_up") == 0.0
 
-    a = await peers(own_redis.url, prefix, ttl=0.6)
+    a = await peers(own_redis.url, prefix, ttl=3.0)  # its lease outlives the checks below
     await a_leader(a)
     sub = a.subscribe("AAPL")
     assert a.bridge.readiness() is None
@@ -457,7 +457,7 @@ async def test_readiness_before_redis_and_during_an_outage(
     status, body = a.bridge.readiness() or (0, {})
     assert (status, body["status"]) == (200, "degraded")
     assert a.gauge("quoted_broker_up") == 0.0 and a.gauge("quoted_feed_leader") == 0.0
-    # the last leader keeps ticking its own clients' symbols locally
+    # the last leader keeps ticking its own clients' symbols locally while its lease is valid
     aapl = a.entry("AAPL")
     assert a.bridge.movable() == [aapl]
     before = sub.seq
