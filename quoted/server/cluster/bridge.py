@@ -76,10 +76,8 @@ __all__ = ["RedisBridge"]
 PING_EVERY = 0.5
 UPKEEP_EVERY = 1.0
 REPAIR_EVERY = 2.0
-OUTAGE_GRACE = 10.0
-"""Seconds Redis may be unreachable before /readyz answers 503: long enough for a Redis
-restart or failover (a few seconds), short enough that a load balancer soon stops sending new
-clients to an instance that cannot serve the shared market."""
+OUTAGE_GRACE = 10.0  # s unreachable before /readyz 503: a Redis restart fits in it, and
+# a load balancer soon stops sending new clients to an instance cut off from the market
 
 Move = tuple[Entry, float]
 
@@ -137,7 +135,7 @@ class RedisBridge(MultiService):
         self._used: dict[Entry, None] = {}
         self._followed: set[Entry] = set()  # entries whose channel is subscribed
         self._to_follow: set[Entry] = set()
-        self._applier = Applier(store, self._deliver, self._now_ms)
+        self._applier = Applier(store, publish, self._now_ms)
         interest = self._keys.interest
         self._interest = Interest(interest, store, self._now_ms, self._call, self._failed)
         self._inbox: list[tuple[Entry, Shared]] = []
@@ -216,16 +214,13 @@ class RedisBridge(MultiService):
     def _local_feeding(self) -> bool:
         """Whether this process ticks its own clients' symbols through an outage: it led when
         Redis went away and its lease is still valid by its clock (module docstring)."""
-        local = self._simulated and self._local_feed
-        return local and not self.up and self._seconds() < self._lease.valid_until
+        valid = self._seconds() < self._lease.valid_until
+        return self._simulated and self._local_feed and not self.up and valid
 
     def apply(self, batch: Iterable[tuple[Entry, Shared]]) -> list[Quote]:
         """Apply each shared quote newer than the last applied for its entry; publish the new
         quotes as one batch and return them (quoted.server.cluster.applier)."""
         return self._applier.apply(batch)
-
-    def _deliver(self, quotes: list[Quote]) -> None:  # publish is replaced by some tests
-        self._publish_quotes(quotes)
 
     def _now_ms(self) -> int:
         return int(self._seconds() * 1000)
@@ -449,7 +444,7 @@ class RedisBridge(MultiService):
         self._soon("inbox", self._drain_inbox)
 
     def _drain_inbox(self) -> None:
-        batch, self._inbox = self._inbox, []
+        self._inbox, batch = [], self._inbox
         self.apply(batch)
 
     # -- following ------------------------------------------------------------------------------
