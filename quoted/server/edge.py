@@ -19,6 +19,9 @@ What lives here:
   the reference cycle that keeps a closed one alive.
 - **Logging** (:class:`NoDebugLogger`): Autobahn's debug events carry the whole handshake.
 - **The exit status** (:func:`clear_exit_signal`): twistd re-raises the signal that stopped it.
+- **HTTP** (:func:`answer_bad_requests`, :func:`upgraded_protocol`, :func:`when_closed`):
+  twisted.web's own 400s answered with our JSON; the per-IP connection count following a
+  connection into the WebSocket that takes it over.
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ from twisted.internet import tcp
 from twisted.logger import Logger
 
 __all__ = [
+    "BAD_REQUEST",
     "CLASS_DEFAULTS",
     "HANDSHAKE_LEFTOVERS",
     "PING_FRAME",
     "SEND_BUFFER_BYTES",
     "NoDebugLogger",
+    "answer_bad_requests",
     "break_close_cycle",
     "clear_exit_signal",
     "close_frame_payload",
@@ -45,6 +50,8 @@ __all__ = [
     "per_factory_protocol",
     "send_close",
     "trim",
+    "upgraded_protocol",
+    "when_closed",
     "write_frame",
 ]
 
@@ -284,3 +291,55 @@ def clear_exit_signal(reactor: Any) -> None:
     """
     if getattr(reactor, "_exitSignal", None) is not None:
         reactor._exitSignal = None
+
+
+# -- HTTP: twisted.web's own refusals, the WebSocket takeover -------------------------------------
+
+BAD_REQUEST: Final = "_respondToBadRequestAndDisconnect"
+"""twisted.web's ``HTTPChannel`` method that answers a request it refuses itself (a malformed
+request line or header line, NUL/CR/LF in a value, a bad Content-Length or Transfer-Encoding,
+too many or too large headers, a bad chunk, a bad multipart body) with a bare ``400 Bad
+Request`` and no body."""
+
+
+def answer_bad_requests(cls: type, respond: Any) -> None:
+    """Make ``respond(channel)`` the answer of every request twisted.web refuses itself, on
+    the channel class ``cls``: quoted answers them with its JSON body, as every other refusal
+    (docs/protocol.md section 2).
+
+    Private: :data:`BAD_REQUEST` is the one place every such refusal of ``HTTPChannel`` (and
+    of ``http.Request.requestReceived``) goes through; there is no public hook.
+    """
+    setattr(cls, BAD_REQUEST, respond)
+
+
+def upgraded_protocol(transport: Any) -> Any:
+    """The protocol that took ``transport`` over from twisted.web in Autobahn's
+    ``WebSocketResource.render``.
+
+    Private: Autobahn sets ``transport.protocol`` (an attribute of Twisted's TCP transport, not
+    of any interface), or ``wrappedProtocol`` when the transport, or its protocol, is a
+    ``ProtocolWrapper`` (TLS); this reads it back the same way.
+    """
+    from twisted.protocols.policies import ProtocolWrapper  # noqa: PLC0415
+
+    if isinstance(transport, ProtocolWrapper):
+        return transport.wrappedProtocol
+    if isinstance(transport.protocol, ProtocolWrapper):
+        return transport.protocol.wrappedProtocol
+    return transport.protocol
+
+
+def when_closed(proto: Any, callback: Any) -> None:
+    """Call ``callback()`` once the WebSocket connection ``proto`` is closed, however it ends
+    (a closing handshake, a drop, a lost TCP connection, before or after the opening).
+
+    Autobahn's ``is_closed`` Deferred (under txaio's Twisted flavour) is resolved both by
+    ``dropConnection`` and ``_connectionLost``; it is an attribute, not a documented API.
+    """
+
+    def fire(result: object) -> object:
+        callback()
+        return result
+
+    proto.is_closed.addBoth(fire)

@@ -318,3 +318,82 @@ def test_twistd_re_raises_the_recorded_signal() -> None:
 
     assert "reactor._exitSignal" in inspect.getsource(app.ApplicationRunner)
     assert "_exitWithSignal(runner._exitSignal)" in inspect.getsource(twistd)
+
+
+# -- HTTP -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET / HTTP/2.0\r\n\r\n",
+        b"GET /\r\n\r\n",
+        b"GET / HTTP/1.1\r\nnocolon\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+)
+def test_every_refusal_of_twisted_web_goes_through_the_bad_request_method(data: bytes) -> None:
+    from twisted.web.http import HTTPChannel
+
+    calls: list[object] = []
+
+    class Channel(HTTPChannel):
+        pass
+
+    def refuse(self: Any) -> None:  # as quoted's does: nothing after it is parsed
+        calls.append(self)
+        self.dataReceived = self.lineReceived = lambda *args: None
+
+    edge.answer_bad_requests(Channel, refuse)
+    assert hasattr(HTTPChannel, edge.BAD_REQUEST)
+    channel = Channel()
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(data)
+    assert calls == [channel]
+    channel.connectionLost(Failure(ConnectionDone()))
+
+
+def test_upgraded_protocol_reads_back_the_protocol_autobahn_installed() -> None:
+    import io
+    from types import SimpleNamespace
+
+    from autobahn.twisted.resource import WebSocketResource
+    from twisted.web.http_headers import Headers
+
+    factory = WebSocketServerFactory("ws://localhost/ws", reactor=Clock())
+    factory.protocol = WebSocketServerProtocol
+    resource = WebSocketResource(factory)
+    transport: Any = StringTransport()
+    transport.protocol = None  # twisted.web's channel, on a TCP transport
+    transport.registerProducer(SimpleNamespace(), True)  # the channel, until the upgrade
+    request = SimpleNamespace(
+        channel=SimpleNamespace(transport=transport),
+        transport=transport,
+        method=b"GET",
+        uri=b"/ws",
+        requestHeaders=Headers(),
+        content=io.BytesIO(),
+    )
+    resource.render(request)
+    proto = edge.upgraded_protocol(transport)
+    assert isinstance(proto, WebSocketServerProtocol)
+    assert proto.transport is transport
+
+
+@pytest.mark.parametrize("how", ["lost", "dropped"])
+def test_when_closed_fires_once_however_the_connection_ends(how: str) -> None:
+    factory = WebSocketServerFactory("ws://localhost/ws", reactor=Clock())
+    factory.protocol = WebSocketServerProtocol
+    proto = factory.buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    if how == "dropped":  # Autobahn unregisters itself as it drops
+        transport.registerProducer(proto, True)
+    fired: list[int] = []
+    edge.when_closed(proto, lambda: fired.append(1))
+    if how == "dropped":
+        proto.dropConnection(abort=True)
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert fired == [1]
