@@ -1,11 +1,18 @@
 """Log output: text or JSON lines on stdout, filtered by level, with secrets redacted.
 
-twistd is started with ``--logger=quoted.logs.observer``: it calls :func:`observer` with no
-arguments. The plugin's ``makeService`` reads the configuration, and runs *before* twistd calls
-that factory, so it hands the ``[log]`` settings over with :func:`configure`. That hand-over is
+twistd logs through :func:`make_observer` on every start path: with
+``--logger=quoted.logs.observer`` it calls :func:`observer` with no arguments; without
+``--logger`` it takes the application's ``ILogObserver`` component, which the plugin sets
+(quoted.server.tap.LoggedRoot, :func:`twistd_observer`: stdout, or ``--logfile``). The
+plugin's ``makeService`` reads the configuration, and runs *before* twistd calls that
+factory, so it hands the ``[log]`` settings over with :func:`configure`. That hand-over is
 the one piece of module state in quoted: twistd's factory takes no arguments, so there is no
 other way to reach it. Tests pass their own settings and stream and reset it with
 ``configure(...)`` again.
+
+Every line has its control characters escaped (:func:`escape_controls`: a Host header's
+``ESC[2J`` is written ``\\x1b[2J``), and the lines twisted.internet.tcp writes once per
+connection refused while descriptors run out are throttled (:class:`Throttle`).
 
 Text lines look like::
 
