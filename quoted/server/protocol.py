@@ -396,7 +396,8 @@ class QuoteFactory(WebSocketServerFactory):
             openHandshakeTimeout=10,
             closeHandshakeTimeout=2,
             failByDrop=False,
-            echoCloseCodeReason=False,
+            # a client's close is answered with its own code and reason (RFC 6455 5.5.1)
+            echoCloseCodeReason=True,
             allowedOrigins=["*"],  # the gate checks Origin before the upgrade
             perMessageCompressionAccept=self._accept_compression,
             webStatus=False,

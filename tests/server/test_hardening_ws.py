@@ -8,6 +8,7 @@ document GET /v1/quotes gives.
 2. Frames outside the message rate: endless zero-length continuation frames, and pong floods,
    are counted frame by frame: 4029 after 20 refused in a row, 1009 past ``MAX_FRAGMENTS``
    frames in one message when the rate limit is off; the frames processed are counted.
+3. (13) A client's close code and reason are echoed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import gc
 import json
 import socket
+import struct
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -314,3 +316,42 @@ def test_a_refused_message_gets_one_rate_limited_error(mem: MemoryQuoted) -> Non
     replies = [json.loads(t) for t in r.texts()[1:]]
     assert [m.get("code") for m in replies] == ["rate_limited"]
     assert r.close_code() is None
+
+
+# -- 13. close codes are echoed --------------------------------------------------------------
+
+
+def close_payload(r: Raw) -> bytes | None:
+    for op, payload in r.frames:
+        if op == 8:
+            return payload
+    return None
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        struct.pack("!H", 1000),
+        struct.pack("!H", 1001) + b"leaving",
+        struct.pack("!H", 4000) + b"my own reason",
+        struct.pack("!H", 4999),
+        b"",
+    ],
+    ids=["1000", "1001 with a reason", "4000 with a reason", "4999", "no code"],
+)
+@ensure
+async def test_a_clients_close_code_and_reason_are_echoed(
+    calm_server: tuple[QuotedServer, WSClient], sent: bytes
+) -> None:
+    server, _ = calm_server
+    r = await connect(server.port, "/ws/quotes?symbols=AAPL", bearer(ok("closer")))
+    r.send(frame(8, sent))
+    await closed_with(r)
+    assert close_payload(r) == sent
+
+
+def test_close_codes_are_echoed_in_memory(mem: MemoryQuoted) -> None:
+    client = mem.connect("symbols=AAPL", token=ok("closer"))
+    client.sendClose(4321, "done here")
+    mem.flush()
+    assert (client.remoteCloseCode, client.remoteCloseReason) == (4321, "done here")
