@@ -125,7 +125,7 @@ def trickle(args: Any, tally: Tally, stop: threading.Event, n: int) -> None:
                 (args.host, args.port), timeout=30, source_address=(args.source, 0)
             )
             tally.add("trickle_opened")
-            s.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+            s.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n")
             while not stop.is_set():
                 s.sendall(b"x")
                 s.settimeout(20)
