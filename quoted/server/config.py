@@ -125,6 +125,10 @@ class ServerConfig:
         "browser origins allowed to open WebSockets, or * (empty: the server's own host only)"))
     trusted_proxies: tuple[Network, ...] = field(metadata=setting(
         "", networks, "reverse proxies whose X-Forwarded-For names the client IP (empty: none)"))
+    max_connections_per_ip: int = field(metadata=setting(
+        "2000", integer(0, 1_000_000),
+        "open TCP connections per client IP (IPv6 /64), counted from accept, trusted_proxies "
+        "aside; beyond it 429 and close (0: off)"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
+from quoted.server import edge
 from quoted.server.auth import Claims, TokenError, TokenVerifier, bearer_token
+from quoted.server.channel import QuotedChannel
 from quoted.server.config import ServerConfig, WebSocketConfig
 from quoted.server.errors import HTTPError, server_full, shutting_down
 from quoted.server.metrics import Metrics
@@ -268,6 +270,8 @@ class Gate(WebSocketResource):
         accepted = self.check_after_token(request, claims)
         self.pool.reserve(accepted.user)
         self.factory.pending = accepted
+        channel = request.channel
+        transport = channel.transport
         try:
             result: int | bytes = super().render(request)
         finally:
@@ -275,6 +279,10 @@ class Gate(WebSocketResource):
         if result != NOT_DONE_YET:  # Autobahn could not take the socket
             self.pool.release(accepted.user)
             self.metrics.handshakes.labels(result="upgrade_failed").inc()
+        elif isinstance(channel, QuotedChannel) and channel.peer_slot is not None:
+            # the connection's place in the per-IP count goes with it to the WebSocket
+            slot, channel.peer_slot = channel.peer_slot, None
+            edge.when_closed(edge.upgraded_protocol(transport), slot.release)
         return result
 
     def check_before_token(self, request: Request) -> None:

@@ -1,11 +1,18 @@
 """Log output: text or JSON lines on stdout, filtered by level, with secrets redacted.
 
-twistd is started with ``--logger=quoted.logs.observer``: it calls :func:`observer` with no
-arguments. The plugin's ``makeService`` reads the configuration, and runs *before* twistd calls
-that factory, so it hands the ``[log]`` settings over with :func:`configure`. That hand-over is
+twistd logs through :func:`make_observer` on every start path: with
+``--logger=quoted.logs.observer`` it calls :func:`observer` with no arguments; without
+``--logger`` it takes the application's ``ILogObserver`` component, which the plugin sets
+(quoted.server.tap.LoggedRoot, :func:`twistd_observer`: stdout, or ``--logfile``). The
+plugin's ``makeService`` reads the configuration, and runs *before* twistd calls that
+factory, so it hands the ``[log]`` settings over with :func:`configure`. That hand-over is
 the one piece of module state in quoted: twistd's factory takes no arguments, so there is no
 other way to reach it. Tests pass their own settings and stream and reset it with
 ``configure(...)`` again.
+
+Every line has its control characters escaped (:func:`escape_controls`: a Host header's
+``ESC[2J`` is written ``\\x1b[2J``), and the lines twisted.internet.tcp writes once per
+connection refused while descriptors run out are throttled (:class:`Throttle`).
 
 Text lines look like::
 
@@ -43,6 +50,7 @@ from twisted.logger import (
     formatEvent,
 )
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from quoted.server.config import LogConfig
 
@@ -188,19 +196,40 @@ def _traceback(event: LogEvent) -> str | None:
     return text.rstrip("\n")
 
 
+# C0 and C1 control characters, DEL and the Unicode line separators: from a header value
+# (Autobahn quotes the Host header in its handshake failures) they would move the cursor,
+# clear the screen or forge a line in a terminal or a log viewer
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    c = match.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape (``ESC`` as ``\\x1b``,
+    a newline as ``\\n``): one event, one line, nothing a terminal would act on."""
+    return _CONTROL.sub(_escape_one, text)
+
+
 def format_text(event: LogEvent) -> str:
-    """One text line (more when a failure's traceback follows), redacted."""
+    """One text line (more when a failure's traceback follows), redacted, control characters
+    escaped (the traceback's own line breaks aside)."""
     namespace = event.get("log_namespace", "-")
     log_id = event.get("log_id")
     where = f"{namespace}#{log_id}" if log_id else f"{namespace}"
-    line = (
-        f"{format_time(event.get('log_time'))} [{_level_name(event)}] [{where}] "
-        f"{formatEvent(_safe_event(event))}"
+    line = escape_controls(
+        redact(
+            f"{format_time(event.get('log_time'))} [{_level_name(event)}] [{where}] "
+            f"{formatEvent(_safe_event(event))}"
+        )
     )
     tb = _traceback(event)
     if tb:
-        line = f"{line}\n{tb}"
-    return redact(line)
+        line += "".join(f"\n{escape_controls(t)}" for t in redact(tb).split("\n"))
+    return line
 
 
 def format_json(event: LogEvent) -> str:
@@ -222,7 +251,8 @@ def format_json(event: LogEvent) -> str:
     tb = _traceback(event)
     if tb:
         out["traceback"] = redact(tb)
-    return json.dumps(out, separators=(",", ":"), allow_nan=False)
+    # json escapes C0 and (ensure_ascii) C1 controls and the line separators; not DEL
+    return json.dumps(out, separators=(",", ":"), allow_nan=False).replace("\x7f", "\\u007f")
 
 
 def make_formatter(json_format: bool) -> Callable[[LogEvent], str | None]:
@@ -246,8 +276,70 @@ def make_formatter(json_format: bool) -> Callable[[LogEvent], str | None]:
 def make_observer(
     stream: IO[str], *, level: str = "info", json_format: bool = False
 ) -> ILogObserver:
-    """An observer writing the events at or above ``level`` to ``stream``, as text or JSON."""
+    """An observer writing the events at or above ``level`` to ``stream``, as text or JSON,
+    the lines of :data:`THROTTLED` at most once per :data:`THROTTLE_SECONDS`."""
     # The casts spell out @implementer declarations, which mypy sees only with the zope plugin.
     writer = cast(ILogObserver, FileLogObserver(stream, make_formatter(json_format)))
     keep = cast(ILogFilterPredicate, LogLevelFilterPredicate(_LEVELS[level]))
-    return cast(ILogObserver, FilteringLogObserver(writer, [keep]))
+    return cast(ILogObserver, Throttle(cast(ILogObserver, FilteringLogObserver(writer, [keep]))))
+
+
+def twistd_observer(log: LogConfig, logfile: str = "", nodaemon: bool = True) -> ILogObserver:
+    """The observer of ``[log]`` for twistd started without ``--logger``, writing where twistd
+    itself would: stdout with ``--nodaemon`` (or ``--logfile=-``), else ``--logfile``'s file
+    (twistd.log by default), rotated as twistd rotates it."""
+    stream: IO[str]
+    if logfile == "-" or (nodaemon and not logfile):
+        stream = sys.stdout
+    else:
+        from twisted.python.logfile import LogFile  # noqa: PLC0415
+
+        stream = cast(IO[str], LogFile.fromFullPath(logfile or "twistd.log"))
+    return make_observer(stream, level=log.level, json_format=log.format == "json")
+
+
+# --- throttling ------------------------------------------------------------------------------
+
+THROTTLED: Final = frozenset(
+    {
+        # twisted.internet.tcp, once per connection refused while descriptors run out
+        "Could not accept new connection ({acceptError})",
+        "EMFILE encountered; releasing reserved file descriptor.",
+        "EMFILE recovery: Closed socket from {address}",
+        "Re-reserving EMFILE recovery file descriptor.",
+    }
+)
+"""Log formats written at most once per THROTTLE_SECONDS: each is one line per refused
+connection, 1,338 lines in 40 s when descriptors ran out; the next line that passes says how
+many were left out."""
+THROTTLE_SECONDS: Final = 10.0
+
+
+@implementer(ILogObserver)
+class Throttle:
+    """Passes every event to ``observer``, but an event of a format in :data:`THROTTLED`
+    only when the last one of that format passed :data:`THROTTLE_SECONDS` ago (by the
+    events' own ``log_time``, so no timer). Memory: one entry per throttled format."""
+
+    def __init__(self, observer: ILogObserver, seconds: float = THROTTLE_SECONDS) -> None:
+        self.observer = observer
+        self.seconds = seconds
+        self.windows: dict[str, list[float]] = {}  # format -> [time passed, count left out]
+
+    def __call__(self, event: LogEvent) -> None:
+        fmt = event.get("log_format")
+        if fmt not in THROTTLED:
+            self.observer(event)
+            return
+        now = float(event.get("log_time") or 0.0)
+        window = self.windows.get(fmt)
+        if window is not None and now - window[0] < self.seconds:
+            window[1] += 1
+            return
+        left_out = int(window[1]) if window is not None else 0
+        self.windows[fmt] = [now, 0]
+        if left_out:
+            event = dict(event)
+            event["log_format"] = f"{fmt} ({{left_out}} more like this were not logged)"
+            event["left_out"] = left_out
+        self.observer(event)

@@ -1,4 +1,8 @@
-"""twistd entry point: ``twistd quoted [--config PATH] [--dev] [--listen ENDPOINT]``."""
+"""twistd entry point: ``twistd quoted [--config PATH] [--dev] [--listen ENDPOINT]``.
+
+With or without ``--logger=quoted.logs.observer``, twistd logs through quoted's observer
+(:class:`LoggedRoot`): every line redacted, control characters escaped, ``[log]`` honoured.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ import signal
 import sys
 from typing import Any
 
-from twisted.application.service import IService
-from twisted.logger import Logger
+from twisted.application.service import IService, MultiService
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
+from twisted.python.components import Componentized
 
 from quoted.server import logs
 from quoted.server.app import build
@@ -82,6 +87,38 @@ def dev_banner(secret: bytes, listen: str, now: float, publish: bool = False) ->
     )
 
 
+class LoggedRoot(MultiService):
+    """The service twistd runs: quoted's, under a root that makes twistd log through quoted's
+    observer (redaction, control characters escaped, ``[log]`` level and format) when it is
+    started without ``--logger``.
+
+    twistd consults its application's ``ILogObserver`` component when no ``--logger`` is
+    given (twisted.application.app.AppLogger.start, the way a .tac file customises logging);
+    a plugin never sees the application, but its service is given it as its parent.
+    """
+
+    def __init__(self, service: IService, observer: ILogObserver | None) -> None:
+        super().__init__()
+        self.observer = observer
+        service.setServiceParent(self)
+
+    def setServiceParent(self, parent: Any) -> None:
+        if (
+            self.observer is not None
+            and isinstance(parent, Componentized)
+            and parent.getComponent(ILogObserver) is None
+        ):
+            parent.setComponent(ILogObserver, self.observer)
+        super().setServiceParent(parent)
+
+
+def twistd_options(options: Any) -> dict[str, Any]:
+    """twistd's own options (``--logfile``, ``--nodaemon``, ``--syslog``, ``--logger``): the
+    parent of the plugin's (usage.Options sets it); empty when the plugin is used alone."""
+    parent = getattr(options, "parent", None)
+    return dict(parent) if parent is not None else {}
+
+
 def makeService(options: dict[str, Any]) -> IService:
     from twisted.internet import reactor  # noqa: PLC0415 (the one place that touches the global reactor)
 
@@ -90,6 +127,17 @@ def makeService(options: dict[str, Any]) -> IService:
     except ConfigError as e:
         raise SystemExit(f"quoted: configuration error:\n{e}") from None
     logs.configure(config.log)
+    twistd = twistd_options(options)
+    if twistd.get("syslog") and not twistd.get("logger"):
+        raise SystemExit(
+            "quoted: --syslog is not supported: quoted writes its own (redacted) lines to "
+            "stdout (journald) or --logfile"
+        )
+    observer = None
+    if not twistd.get("logger"):  # else twistd calls that factory (quoted.logs.observer)
+        observer = logs.twistd_observer(
+            config.log, str(twistd.get("logfile") or ""), bool(twistd.get("nodaemon", True))
+        )
     for warning in config.warnings:
         _log.warn("configuration: {warning}", warning=warning, log_id="quoted.config.warning")
     secret = None
@@ -110,6 +158,6 @@ def makeService(options: dict[str, Any]) -> IService:
     threads: Any = reactor
     signal.signal(signal.SIGTERM, lambda signum, frame: threads.callFromThread(reactor.stop))
     try:
-        return build(config, reactor, secret=secret)
+        return LoggedRoot(build(config, reactor, secret=secret), observer)
     except (InstrumentError, ValueError, OSError) as e:
         raise SystemExit(f"quoted: {e}") from None

@@ -1,28 +1,34 @@
 """HTTP on the WebSocket's port: the router, REST, health and metrics (twisted.web).
 
 Checks every request in the protocol's order: URL and header sizes (414,
-431), method (405), path (404); then the route. ``/ws/quotes`` goes to the
+431), a repeated Host or Origin (400), method (405), path (404); then the route.
+The connection under it (deadlines, body and per-IP limits, twisted.web's own
+refusals in JSON) is quoted.server.channel's. ``/ws/quotes`` goes to the
 gate (quoted.server.gate); REST answers only read the store.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from prometheus_client.twisted import MetricsResource
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import connectionDone
-from twisted.python.failure import Failure
-from twisted.web import http
-from twisted.web.http import HTTPChannel
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from quoted.server.auth import Claims, TokenVerifier
+from quoted.server.channel import (
+    BODY_TIMEOUT,
+    HARD_LINE_BYTES,
+    HEAD_TIMEOUT,
+    MAX_BODY_BYTES,
+    PeerConnections,
+    QuotedChannel,
+    QuotedRequest,
+    QuotedSite,
+)
 from quoted.server.errors import RETRY_AFTER, HTTPError, method_not_allowed, not_found
 from quoted.server.gate import Gate, requested_symbols, resolve_symbols, respond_verified, token_of
 from quoted.server.metrics import Metrics
@@ -30,20 +36,25 @@ from quoted.server.pool import ConnectionPool
 from quoted.server.store import QuoteStore
 from quoted.wire.messages import json_text
 
+__all__ = [
+    "BODY_TIMEOUT",
+    "HARD_LINE_BYTES",
+    "HEAD_TIMEOUT",
+    "MAX_BODY_BYTES",
+    "QuotedChannel",
+    "QuotedRequest",
+    "QuotedSite",
+    "Router",
+    "make_site",
+]
+
 MAX_URL_BYTES = 8 * 1024
 MAX_HEADER_BYTES = 16 * 1024
-# twisted.web's own limits sit above ours so that ours answer with JSON
-HARD_LINE_BYTES = 64 * 1024
 REST_MAX_SYMBOLS = 1000
-# idle HTTP connections (keep-alive, a slow request head) are closed after this
+# idle HTTP connections (keep-alive) are closed after this
 HTTP_TIMEOUT = 60
-# slowloris: the whole request head must arrive within this many seconds of the connection
-# (or of the previous response, on a kept-alive connection), however it trickles in
-HEAD_TIMEOUT = 10.0
-# and a request's body (a publish) within this many seconds of its head
-BODY_TIMEOUT = 30.0
-# the largest body read when the site is not told ([publish] max_body's default)
-MAX_BODY_BYTES = 1024 * 1024
+# headers that name one thing: more than one of them is 400 (RFC 9110 5.3, RFC 9112 3.2)
+SINGLE_HEADERS = (b"host", b"origin")
 
 
 def json_body(request: Request, value: object, status: int = 200) -> bytes:
@@ -51,6 +62,19 @@ def json_body(request: Request, value: object, status: int = 200) -> bytes:
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
     return json.dumps(value, separators=(",", ":")).encode() + b"\n"
+
+
+def check_single_headers(request: Request) -> None:
+    """Host and Origin at most once each: with two, which one a check reads (the gate's
+    Origin, Autobahn's Host) is not the one another part reads; 400 ``duplicate_header``."""
+    for name in SINGLE_HEADERS:
+        values = request.requestHeaders.getRawHeaders(name) or []
+        if len(values) > 1 or any(b"," in v for v in values):
+            raise HTTPError(
+                400,
+                "duplicate_header",
+                f"the request has more than one {name.decode().capitalize()} header",
+            )
 
 
 def header_bytes(request: Request) -> int:
@@ -110,6 +134,7 @@ class Router(Resource):
                     "headers_too_large",
                     f"the headers have {n} bytes; the limit is {MAX_HEADER_BYTES}",
                 )
+            check_single_headers(request)
             if self.publish is not None and request.path == b"/v1/quotes":
                 if request.method == b"POST":
                     return self.publish(request)
@@ -248,127 +273,14 @@ def _static(body: bytes, kind: bytes) -> Callable[[Request], bytes]:
     return render
 
 
-class QuotedChannel(HTTPChannel):
-    """twisted.web's HTTP/1.1 channel with its hard limits above the documented ones,
-    so that a long URL or large headers get our 414/431 JSON answer; and a deadline for the
-    request head (slowloris): its site's ``head_timeout`` seconds from the connection, or
-    from the previous response on a kept-alive connection, until all headers are in. When it
-    passes the client gets 408 ``request_timeout`` and the connection is closed."""
-
-    MAX_LENGTH = HARD_LINE_BYTES
-    totalHeadersSize = HARD_LINE_BYTES
-    _head_timer: IDelayedCall | None = None
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self._arm_head_timer()
-
-    def allHeadersReceived(self) -> None:
-        self._cancel_head_timer()
-        super().allHeadersReceived()
-        headers = self.requests[-1].requestHeaders if self.requests else None
-        if headers is not None and (
-            headers.hasHeader(b"transfer-encoding")
-            or (headers.getRawHeaders(b"content-length") or [b"0"])[0].strip() not in (b"0", b"")
-        ):  # a body follows: it has the site's body_timeout seconds
-            self._arm_head_timer(getattr(getattr(self, "site", None), "body_timeout", BODY_TIMEOUT))
-
-    def body_received(self) -> None:
-        """The request's body is all in (QuotedRequest): no deadline until the response."""
-        self._cancel_head_timer()
-
-    def requestDone(self, request: http.Request) -> None:
-        super().requestDone(request)
-        if self.persistent and self.transport is not None:
-            self._arm_head_timer()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._cancel_head_timer()
-        super().connectionLost(reason)
-
-    def _arm_head_timer(self, timeout: float | None = None) -> None:
-        self._cancel_head_timer()
-        if timeout is None:
-            timeout = getattr(getattr(self, "site", None), "head_timeout", HEAD_TIMEOUT)
-        self._head_timer = self.callLater(timeout, self._head_timed_out)
-
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            if self._head_timer.active():
-                self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        transport: Any = self.transport
-        if transport is None:  # handed over to the WebSocket
-            return
-        error = HTTPError(408, "request_timeout", "the request did not arrive in time; closing")
-        transport.write(error.raw_response())
-        transport.loseConnection()
-
-
-class QuotedRequest(Request):
-    """twisted.web's request with its body bounded: at most the site's ``max_body`` bytes
-    are kept, in memory (twisted.web would spill a body over 100 kB to a temporary file, a
-    blocking disk write in the reactor). A body declared or found larger is answered 413
-    ``body_too_large`` at once, without reading further, and the connection is closed."""
-
-    _body_bytes = 0
-    _refused = False
-
-    def _limit(self) -> int:
-        return int(getattr(getattr(self.channel, "site", None), "max_body", MAX_BODY_BYTES))
-
-    def gotLength(self, length: int | None) -> None:
-        self.content = io.BytesIO()
-        if length is not None and length > self._limit():
-            self._refuse_body(f"the body has {length} bytes; the limit is {self._limit()}")
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self._refused:
-            return
-        self._body_bytes += len(data)
-        if self._body_bytes > self._limit():
-            self._refuse_body(f"the body has more than {self._limit()} bytes")
-            return
-        content: Any = self.content
-        content.write(data)
-
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if self._refused:  # answered already; the connection is closing
-            return
-        channel = self.channel
-        if isinstance(channel, QuotedChannel):
-            channel.body_received()
-        super().requestReceived(command, path, version)
-
-    def _refuse_body(self, why: str) -> None:
-        self._refused = True
-        self.content = io.BytesIO()
-        transport: Any = self.channel.transport if self.channel is not None else None
-        if transport is None:
-            return
-        transport.write(HTTPError(413, "body_too_large", f"{why}; closing").raw_response())
-        transport.loseConnection()
-
-
-class QuotedSite(Site):
-    """twisted.web's Site on our channel, without its access log (request lines carry ?token=)."""
-
-    protocol = QuotedChannel  # type: ignore[assignment]
-    requestFactory = QuotedRequest
-    head_timeout = HEAD_TIMEOUT
-    body_timeout = BODY_TIMEOUT
-    max_body = MAX_BODY_BYTES
-
-    def log(self, request: http.Request) -> None:
-        pass
-
-
 def make_site(router: Router, clock: IReactorTime, max_body: int = MAX_BODY_BYTES) -> Site:
+    """The port's site: the router on QuotedChannel, with the body limit and the per-IP
+    connection limit (``[server] max_connections_per_ip``, proxies in trusted_proxies aside)."""
     site = QuotedSite(router, timeout=HTTP_TIMEOUT, reactor=clock)
     site.max_body = max_body
+    server = router.gate.server
+    site.peers = PeerConnections(server.max_connections_per_ip, server.trusted_proxies)
+    site.on_refused = lambda code: router.metrics.rejections.labels(code=code).inc()
     site.displayTracebacks = False
     site.noisy = False
     return site

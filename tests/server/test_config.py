@@ -44,6 +44,7 @@ DEFAULTS = Config(
         shutdown_timeout=10.0,
         allowed_origins=(),
         trusted_proxies=(),
+        max_connections_per_ip=2000,
     ),
     auth=AuthConfig(
         secret=None, public_key_file="", jwks_url="", issuer="", audience="", leeway=30.0
@@ -165,6 +166,7 @@ GOOD = [
      "server.allowed_origins", ("https://app.example.com", "http://h:8443", "*")),
     ("server", "trusted_proxies", "127.0.0.1, 10.1.2.3/8, ::1",
      "server.trusted_proxies", (V4("127.0.0.1/32"), V4("10.0.0.0/8"), V6("::1/128"))),
+    ("server", "max_connections_per_ip", "0", "server.max_connections_per_ip", 0),
     ("auth", "secret_file", "{secret}", "auth.secret", SECRET),
     ("auth", "public_key_file", "{key}", "auth.public_key_file", "{key}"),
     ("auth", "jwks_url", "https://idp.example.com/jwks.json", "auth.jwks_url",
@@ -241,6 +243,7 @@ BAD = [
     ("server", "allowed_origins", "https://a.example.com/path", "not an origin"),
     ("server", "allowed_origins", "app.example.com", "not an origin"),
     ("server", "trusted_proxies", "10.0.0.300", "not an IP address or CIDR"),
+    ("server", "max_connections_per_ip", "-1", "0 to 1000000"),
     ("auth", "secret_file", "{dir}/missing", "no such file"),
     ("auth", "secret_file", "{dir}", "not a regular file"),
     ("auth", "public_key_file", "{dir}/missing.pem", "no such file"),
@@ -623,7 +626,7 @@ def test_every_shipped_setting_is_documented_with_its_default() -> None:
 
 def test_settings_table_shape() -> None:
     table = settings_table()
-    assert len(table) == len({(s, k) for s, k, _, _ in table}) == 37
+    assert len(table) == len({(s, k) for s, k, _, _ in table}) == 38
     assert all(help_text and "\n" not in help_text for *_, help_text in table)
     assert table[0] == (
         "server",
