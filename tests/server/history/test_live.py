@@ -85,7 +85,7 @@ async def test_one_second_bars_are_what_the_client_saw_in_each_second(
     client = await server.connect("symbols=MSFT")
     await sleep(2.3)
     await quiet(server, client, "MSFT")
-    snapshot, points = seen(client, "MSFT")
+    _, points = seen(client, "MSFT")
     per_second: dict[str, list[float]] = {}
     for time, price in points:
         per_second.setdefault(time[:19] + ".000Z", []).append(price)
