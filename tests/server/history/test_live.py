@@ -90,9 +90,7 @@ async def test_one_second_bars_are_what_the_client_saw_in_each_second(
     for time, price in points:
         per_second.setdefault(time[:19] + ".000Z", []).append(price)
     first = min(per_second)  # the first second may hold ticks from before the snapshot
-    expected = {
-        t: (ps[0], max(ps), min(ps), ps[-1]) for t, ps in per_second.items() if t != first
-    }
+    expected = {t: (ps[0], max(ps), min(ps), ps[-1]) for t, ps in per_second.items() if t != first}
     assert len(expected) >= 1
     body = await history(server, "symbol=MSFT&interval=1s&limit=100")
     bars = {b["time"]: (b["open"], b["high"], b["low"], b["close"]) for b in body["bars"]}
