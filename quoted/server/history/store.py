@@ -43,7 +43,7 @@ volume NaN when unknown."""
 
 # what one symbol costs besides its two buffers: the SymbolHistory object, its two array
 # objects and its slot in the store's dict (measured by bench/history_memory.py, CPython 3.11)
-OVERHEAD_PER_SYMBOL = 550
+OVERHEAD_PER_SYMBOL = 800
 
 
 @dataclass(frozen=True, slots=True)
