@@ -33,7 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--listen", required=True)
     args = ap.parse_args()
-    QuoteProtocol.send_patch = send_with_autobahn  # type: ignore[method-assign]
+    QuoteProtocol.send_patch = send_with_autobahn  # type: ignore[method-assign,assignment]
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     service = build(load_config(None, listen=args.listen), reactor)
     service.startService()

@@ -8,10 +8,13 @@ What lives here:
 
 - **The direct write path** (:func:`direct_socket`, :func:`write_frame`): a frame goes
   straight to the kernel with one ``send()`` when Twisted's buffer for the socket is empty.
+- **The bytes queued for a connection** (:func:`queued_bytes`): what Twisted holds that the
+  kernel has not taken, the measure of quoted.server.budget's outbound bound.
 - **Raw control frames** (:func:`write_frame` with :data:`PING_FRAME`): a ping without
   Autobahn's ``sendPing`` (about ten times the cost, and a per-connection timer).
-- **Closing** (:func:`send_close`, :func:`close_frame_payload`): any close code, and the
-  payload of the peer's close frame while Autobahn processes it.
+- **Closing** (:func:`send_close`, :func:`fail_connection`, :func:`close_frame_payload`): any
+  close code, a close after which the peer's data frames are ignored, and the payload of the
+  peer's close frame while Autobahn processes it.
 - **The compressor's negotiation** (:func:`negotiated_deflate`): quoted compresses its
   pre-framed messages itself; Autobahn only negotiates.
 - **Memory per connection** (:func:`per_factory_protocol`, :func:`install_class_defaults`,
@@ -27,7 +30,7 @@ import socket
 from typing import Any, Final
 
 from autobahn.websocket.protocol import TrafficStats
-from twisted.internet import tcp
+from twisted.internet import abstract, tcp
 from twisted.logger import Logger
 
 __all__ = [
@@ -40,9 +43,11 @@ __all__ = [
     "clear_exit_signal",
     "close_frame_payload",
     "direct_socket",
+    "fail_connection",
     "install_class_defaults",
     "negotiated_deflate",
     "per_factory_protocol",
+    "queued_bytes",
     "send_close",
     "trim",
     "write_frame",
@@ -74,33 +79,58 @@ def direct_socket(transport: Any) -> socket.socket | None:
     return sock
 
 
-def write_frame(transport: Any, sock: socket.socket | None, frame: bytes) -> None:
-    """Send ``frame`` now when nothing is queued before it; hand Twisted the rest.
+def write_frame(transport: Any, sock: socket.socket | None, frame: bytes, limit: int) -> bool:
+    """Send ``frame`` now when nothing is queued before it; hand Twisted the rest. False, and
+    nothing written, when more than ``limit`` bytes are already queued (:func:`queued_bytes`).
 
     Twisted's ``write()`` buffers every frame and sends it on the next loop turn (a buffer
     append, two epoll_ctl calls and a doWrite per socket); when its buffer is empty the frame
     can go straight to the kernel, in order, with one ``send()``. What the kernel does not
     take goes through Twisted as usual, so its buffer, the push-producer pause and its error
-    handling stay in charge. BENCHMARKS.md (stress vs baseline) has the measured effect.
+    handling stay in charge. BENCHMARKS.md (stress vs baseline) has the measured effect. The
+    limit is checked before the write, so one large message (a snapshot of many symbols) to an
+    empty queue always goes, and a queue never holds more than ``limit`` plus one frame.
 
     Private: ``dataBuffer`` (bytes) and ``_tempDataBuffer`` (a list) are
     ``twisted.internet.abstract.FileDescriptor``'s two write buffers; both empty means
     nothing is waiting to be sent. ``disconnecting`` is set once loseConnection was called.
     """
-    if (
-        sock is not None
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
-        and not transport.disconnecting
-    ):
-        try:
-            sent = sock.send(frame)
-        except OSError:  # EAGAIN, or an error Twisted's write will meet and report
-            sent = 0
-        if sent == len(frame):
-            return
-        frame = frame[sent:]
+    if sock is not None and not transport.dataBuffer and not transport._tempDataBuffer:
+        if not transport.disconnecting:
+            try:
+                sent = sock.send(frame)
+            except OSError:  # EAGAIN, or an error Twisted's write will meet and report
+                sent = 0
+            if sent == len(frame):
+                return True
+            frame = frame[sent:]
+    elif queued_bytes(transport) > limit:
+        return False
     transport.write(frame)
+    return True
+
+
+def queued_bytes(transport: Any) -> int:
+    """Bytes written to ``transport`` that the kernel has not taken yet; 0 for a transport that
+    is not over a Twisted file descriptor (the in-memory ones of tests).
+
+    A TLS connection's transport is a ``TLSMemoryBIOProtocol`` whose encrypted bytes go to
+    the TCP transport under it (its ``transport`` attribute, a ProtocolWrapper's): that one's
+    buffers are counted.
+
+    Private: ``dataBuffer`` with ``offset`` (how much of it was sent) and ``_tempDataLen`` (the
+    length of ``_tempDataBuffer``) are ``twisted.internet.abstract.FileDescriptor``'s write
+    buffer state; Twisted itself compares their sum to ``bufferSize`` to pause the producer.
+    """
+    for _ in range(4):  # TLS over TCP is two levels; a loop guards against a cycle
+        if isinstance(transport, abstract.FileDescriptor):
+            fd: Any = transport
+            queued: int = len(fd.dataBuffer) - fd.offset + fd._tempDataLen
+            return queued
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            break
+    return 0
 
 
 # -- closing ------------------------------------------------------------------------------------
@@ -114,6 +144,20 @@ def send_close(proto: Any, code: int, reason: str) -> None:
     is the method ``sendClose`` and Autobahn's own protocol failures use; not documented.
     """
     proto.sendCloseFrame(code=code, reasonUtf8=reason.encode(), isReply=False)
+
+
+def fail_connection(proto: Any, code: int, reason: str) -> None:
+    """Close with ``code`` and ignore the peer's data frames from now on (control frames, the
+    peer's closing reply among them, are still read).
+
+    For a client that floods: after :func:`send_close` alone Autobahn goes on collecting a
+    fragmented message (a list entry per frame) until the close handshake ends. Private:
+    ``_fail_connection`` is what Autobahn calls on its own protocol errors (1002, 1009); it
+    sets ``failedByMe``, which its frame handlers check before keeping any data, and sends the
+    close frame with ``sendCloseFrame`` as :func:`send_close` does (with ``failByDrop`` off,
+    as QuoteFactory sets it; on, it would drop the socket instead).
+    """
+    proto._fail_connection(code, reason)
 
 
 def close_frame_payload(proto: Any) -> bytes | None:

@@ -112,8 +112,8 @@ class Metrics:
         # Traffic.
         self.rate_limited_messages = Counter(
             "quoted_rate_limited_messages",
-            "Client messages and ping frames refused because the connection exceeded "
-            "its message rate (they were not processed).",
+            "Client frames (message fragments, pings, pongs) refused because the connection "
+            "exceeded its message rate (they were not processed).",
             registry=r,
         )
         self.messages_sent = Counter(

@@ -5,13 +5,13 @@ built for a handshake that was accepted, and receives what the gate decided
 (user, token claims, symbols) in ``accepted``. The protocol registers itself
 as a push producer on its transport: while the socket is full the hub keeps
 only which symbols moved (conflation), and a client that stays paused is
-closed with 4008.
+closed with 4008. Every frame in either direction goes through the connection's
+budgets (quoted.server.budget): bytes queued for it, frames and fragments from it.
 """
 
 from __future__ import annotations
 
 import socket
-import zlib
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -24,38 +24,32 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from quoted.server.auth import Claims, TokenError, TokenVerifier
+from quoted.server.budget import FrameBudget
 from quoted.server.config import WebSocketConfig
 from quoted.server.edge import (
-    PING_FRAME,
     NoDebugLogger,
     break_close_cycle,
     close_frame_payload,
     direct_socket,
+    fail_connection,
     install_class_defaults,
-    negotiated_deflate,
     per_factory_protocol,
-    send_close,
     trim,
-    write_frame,
 )
 from quoted.server.errors import not_websocket
 from quoted.server.hub import FanOutHub, Subscription
 from quoted.server.metrics import Metrics
+from quoted.server.outbound import Outbound
 from quoted.server.pool import ConnectionPool, Liveness
-from quoted.server.ratelimit import TokenBucket
 from quoted.server.store import Entry, QuoteStore
 from quoted.wire.closecodes import (
-    CLOSE_SLOW_CONSUMER,
     CLOSE_TOKEN_EXPIRED,
+    CLOSE_TOO_BIG,
     CLOSE_TOO_MANY_MESSAGES,
     CLOSE_UNSUPPORTED,
     close_payload_error,
 )
 from quoted.wire.frames import (
-    DEFLATE_LEVEL,
-    DEFLATE_MEM_LEVEL,
-    DEFLATE_TAIL,
-    DEFLATE_WINDOW_BITS,
     text_frame,
 )
 from quoted.wire.messages import (
@@ -84,11 +78,6 @@ from quoted.wire.messages import (
 )
 from quoted.wire.symbols import normalize_symbols
 
-# this many client messages (or ping frames) refused in a row by the rate limit: close 4029
-MAX_REFUSED_IN_ROW = 20
-# a client closed for slowness cannot read its close frame: drop it soon after
-SLOW_CLOSE_GRACE = 0.5
-
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
@@ -101,9 +90,11 @@ class Accepted:
     forbidden: tuple[str, ...]
 
 
+# misc: with a second base, mypy compares Autobahn's own two bases (``peer``,
+# ``_transport_details`` typed differently in each), which is nothing of ours
 @implementer(IPushProducer)
-class QuoteProtocol(WebSocketServerProtocol):
-    """One client connection."""
+class QuoteProtocol(Outbound, WebSocketServerProtocol):  # type: ignore[misc]
+    """One client connection (its write side: quoted.server.outbound)."""
 
     factory: QuoteFactory
     log = NoDebugLogger()
@@ -113,11 +104,10 @@ class QuoteProtocol(WebSocketServerProtocol):
     live: Liveness | None = None  # the pool's record, from onOpen to onClose
     _sock: socket.socket | None = None
     _deflate: Any = None  # our zlib compressor, when permessage-deflate was negotiated
-    # security: the token's expiry timer; the message budget (made at the first message,
-    # so idle connections hold none) and how many messages it refused in a row
+    # security: the token's expiry timer; the frame budget (made at the first frame, so idle
+    # connections hold none)
     _expiry: IDelayedCall | None = None
-    _bucket: TokenBucket | None = None
-    _refused_in_row = 0
+    _budget: FrameBudget | None = None
 
     # -- transport ----------------------------------------------------------
 
@@ -173,12 +163,34 @@ class QuoteProtocol(WebSocketServerProtocol):
         self._schedule_expiry()
         trim(self)  # what Autobahn no longer needs per connection
 
+    def onMessageBegin(self, isBinary: bool) -> None:
+        super().onMessageBegin(isBinary)
+        self._frame_budget().begin_message()
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        """Every data frame, each fragment of a message (zero-length continuations too), takes
+        a token of the rate budget and counts towards the message's fragment limit (Autobahn
+        counts its bytes towards the 4 KiB)."""
+        super().onMessageFrameBegin(length)
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        budget = self._frame_budget()
+        if not budget.fragment():
+            fail_connection(self, CLOSE_TOO_BIG, "message in too many frames")
+        elif not self._admit():
+            budget.refused = True
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         f = self.factory
         if isBinary:
             self.close_with(CLOSE_UNSUPPORTED, "binary messages are not supported")
             return
-        if not self._admit(reply=True):
+        budget = self._budget
+        if budget is not None and budget.refused:
+            rate = f.config.message_rate
+            self.send_control(
+                encode_error(CODE_RATE_LIMITED, rate_limited_message(rate, int(2 * rate)))
+            )
             return
         f.metrics.messages_received.inc()
         f.metrics.bytes_received.inc(len(payload))
@@ -202,12 +214,14 @@ class QuoteProtocol(WebSocketServerProtocol):
         return result
 
     def onPing(self, payload: bytes) -> None:
-        """A client's ping frame costs a message of its budget; over budget, no pong."""
-        if self._admit(reply=False):
-            super().onPing(payload)
+        """A client's ping frame costs a frame of its budget; over budget, no pong. The pong
+        goes through the outbound budget like every other frame (not Autobahn's sendPong)."""
+        if self.state == WebSocketProtocol.STATE_OPEN and self._admit():
+            self._write(text_frame(payload, 0x8A))
 
     def onPong(self, payload: bytes) -> None:
-        if self.live is not None:
+        """A pong, asked for or not, costs a frame of the budget; over budget it is ignored."""
+        if self.state == WebSocketProtocol.STATE_OPEN and self._admit() and self.live is not None:
             self.live.ponged()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -322,93 +336,25 @@ class QuoteProtocol(WebSocketServerProtocol):
         self.send_control(encode_error(CODE_TOKEN_EXPIRED, MSG_CONNECTION_TOKEN_EXPIRED))
         self.close_with(CLOSE_TOKEN_EXPIRED, "token expired")
 
-    def _admit(self, *, reply: bool) -> bool:
-        """Take one message of the budget (``[websocket] message_rate``, burst twice that).
-        Over budget: answer ``rate_limited`` (when ``reply``) and refuse; the 20th refusal in
-        a row closes 4029."""
+    def _frame_budget(self) -> FrameBudget:
+        budget = self._budget
+        if budget is None:
+            f = self.factory
+            budget = self._budget = FrameBudget(f.config.message_rate, f.clock.seconds())
+        return budget
+
+    def _admit(self) -> bool:
+        """Take one frame of the budget (``[websocket] message_rate``, burst twice that).
+        Over budget: refuse; the 20th refusal in a row closes 4029, after which the client's
+        data frames are ignored."""
         f = self.factory
-        rate = f.config.message_rate
-        if rate <= 0:
+        budget = self._frame_budget()
+        if budget.admit(f.clock.seconds()):
             return True
-        now = f.clock.seconds()
-        if self._bucket is None:
-            self._bucket = TokenBucket(rate, 2 * rate, now)
-        if self._bucket.take(now) == 0.0:
-            self._refused_in_row = 0
-            return True
-        self._refused_in_row += 1
         f.metrics.rate_limited_messages.inc()
-        if self._refused_in_row >= MAX_REFUSED_IN_ROW:
-            self.close_with(CLOSE_TOO_MANY_MESSAGES, "too many messages")
-        elif reply:
-            burst = int(2 * rate)
-            self.send_control(encode_error(CODE_RATE_LIMITED, rate_limited_message(rate, burst)))
+        if budget.flooding:
+            fail_connection(self, CLOSE_TOO_MANY_MESSAGES, "too many messages")
         return False
-
-    # -- sending ------------------------------------------------------------
-
-    def send_patch(self, payload: bytes) -> int:
-        """Write one quotes_patch, compressed when the client negotiated it.
-
-        Returns the bytes it put on the wire (0 when the connection is not open); the hub
-        counts them, once per tick rather than once per message.
-        """
-        if self.state != WebSocketProtocol.STATE_OPEN:
-            return 0
-        pmd = negotiated_deflate(self)
-        if pmd is None:
-            frame = text_frame(payload)
-        else:
-            deflate = self._deflate
-            if deflate is None:
-                deflate = zlib.compressobj(
-                    DEFLATE_LEVEL, zlib.DEFLATED, -DEFLATE_WINDOW_BITS, DEFLATE_MEM_LEVEL
-                )
-            data = deflate.compress(payload) + deflate.flush(zlib.Z_SYNC_FLUSH)
-            # the client may ask that each message be compressed on its own
-            self._deflate = None if pmd.server_no_context_takeover else deflate
-            frame = text_frame(data[:-4] if data.endswith(DEFLATE_TAIL) else data, 0xC1)
-        self._write(frame)
-        return len(frame)
-
-    def send_control(self, payload: bytes) -> None:
-        """Write a small reply (subscribed, error, pong...), never compressed."""
-        if self.state != WebSocketProtocol.STATE_OPEN:
-            return
-        frame = text_frame(payload)
-        m = self.factory.metrics
-        m.messages_sent.inc()
-        m.bytes_sent.inc(len(frame))
-        self._write(frame)
-
-    def _write(self, frame: bytes) -> None:
-        """Send a frame now when nothing is queued before it (quoted.server.edge)."""
-        write_frame(self.transport, self._sock, frame)
-
-    def send_ping(self) -> None:
-        """A ping frame with an empty payload (Autobahn's sendPing costs ~10x more)."""
-        if self.state == WebSocketProtocol.STATE_OPEN:
-            self._write(PING_FRAME)
-
-    # -- closing --------------------------------------------------------------
-
-    def close_with(self, code: int, reason: str) -> None:
-        """Close with any code (Autobahn's sendClose allows only 1000 and 3000-4999)."""
-        if self.state == WebSocketProtocol.STATE_OPEN:
-            send_close(self, code, reason)
-
-    def slow_consumer(self) -> None:
-        """The hub gave up on this client: close 4008 (best effort) and drop the socket."""
-        f = self.factory
-        f.metrics.slow_consumer_closes.inc()
-        self.close_with(CLOSE_SLOW_CONSUMER, "slow consumer")
-        # the close frame sits behind bytes the client does not read
-        f.clock.callLater(SLOW_CLOSE_GRACE, self.abort)
-
-    def abort(self) -> None:
-        transport: Any = self.transport
-        if transport is not None and self.state != WebSocketProtocol.STATE_CLOSED:
-            transport.abortConnection()
 
 
 install_class_defaults(QuoteProtocol)
@@ -450,7 +396,8 @@ class QuoteFactory(WebSocketServerFactory):
             openHandshakeTimeout=10,
             closeHandshakeTimeout=2,
             failByDrop=False,
-            echoCloseCodeReason=False,
+            # a client's close is answered with its own code and reason (RFC 6455 5.5.1)
+            echoCloseCodeReason=True,
             allowedOrigins=["*"],  # the gate checks Origin before the upgrade
             perMessageCompressionAccept=self._accept_compression,
             webStatus=False,

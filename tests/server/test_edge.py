@@ -173,6 +173,26 @@ def test_close_frame_payload_inside_process_control_frame() -> None:
     assert seen == [None, b"\x03\xe8bye"]
 
 
+def test_fail_connection_closes_and_ignores_the_rest_of_the_message() -> None:
+    received: list[bytes] = []
+
+    class Recording(WebSocketServerProtocol):
+        def onMessage(self, payload: bytes, isBinary: bool) -> None:
+            received.append(payload)
+
+    proto, transport = open_connection(Recording)
+    proto.failByDrop = False  # as QuoteFactory sets it: a close frame, not a drop
+    proto.dataReceived(bytes((0x01, 0x80 | 3)) + b"\0\0\0\0" + b"abc")  # FIN=0: a first fragment
+    edge.fail_connection(proto, 4029, "why")
+    assert transport.value() == b"\x88\x05" + struct.pack("!H", 4029) + b"why"
+    assert proto.state == proto.STATE_CLOSING and proto.failedByMe
+    proto.dataReceived(masked(0x0, b"def"))  # the last fragment: ignored
+    proto.dataReceived(masked(0x1, b"next"))
+    assert received == []
+    proto.dataReceived(masked(0x8, b"\x03\xe8"))  # the client's closing reply is still read
+    assert transport.disconnecting
+
+
 def test_negotiated_deflate() -> None:
     plain, _ = open_connection()
     assert edge.negotiated_deflate(plain) is None
@@ -278,7 +298,7 @@ async def test_write_frame_goes_direct_when_nothing_is_queued(
     transport, client = tcp_pair
     sock = edge.direct_socket(transport)
     frame = text_frame(b'{"type":"pong"}')
-    edge.write_frame(transport, sock, frame)
+    edge.write_frame(transport, sock, frame, 1 << 20)
     assert (transport.dataBuffer, transport._tempDataBuffer) == (b"", [])  # the kernel has it
     assert await client.until(len(frame)) == frame
 
@@ -290,8 +310,40 @@ async def test_write_frame_keeps_the_order_behind_queued_bytes(
     transport, client = tcp_pair
     sock = edge.direct_socket(transport)
     transport.write(b"first,")
-    edge.write_frame(transport, sock, b"second")
+    edge.write_frame(transport, sock, b"second", 1 << 20)
     assert await client.until(12) == b"first,second"
+
+
+@pytest_twisted.ensureDeferred
+async def test_queued_bytes_counts_what_twisted_holds(tcp_pair: tuple[Any, _Collect]) -> None:
+    """queued_bytes reads FileDescriptor's buffer state (dataBuffer, offset, _tempDataLen),
+    through a wrapper's ``transport`` as for TLS; other transports count 0."""
+    transport, client = tcp_pair
+    assert edge.queued_bytes(transport) == 0
+    assert (transport.offset, transport._tempDataLen) == (0, 0)
+    transport.write(b"x" * 1000)
+    assert edge.queued_bytes(transport) == 1000
+
+    class Wrapper:  # what TLSMemoryBIOProtocol is to the TCP transport under it
+        def __init__(self, inner: Any) -> None:
+            self.transport = inner
+
+    assert edge.queued_bytes(Wrapper(transport)) == 1000
+    assert edge.queued_bytes(StringTransport()) == 0
+    await client.until(1000)
+    assert edge.queued_bytes(transport) == 0  # all sent: the buffers are empty again
+
+
+@pytest_twisted.ensureDeferred
+async def test_write_frame_refuses_a_frame_over_the_limit(tcp_pair: tuple[Any, _Collect]) -> None:
+    transport, client = tcp_pair
+    sock = edge.direct_socket(transport)
+    transport.write(b"a" * 100)
+    assert edge.write_frame(transport, sock, b"refused", 99) is False
+    assert edge.queued_bytes(transport) == 100  # nothing was added
+    assert edge.write_frame(transport, sock, b"b", 100) is True
+    assert edge.write_frame(StringTransport(), None, b"c", 0) is True  # nothing counted there
+    assert await client.until(101) == b"a" * 100 + b"b"
 
 
 def test_the_reactor_records_its_exit_signal() -> None:
