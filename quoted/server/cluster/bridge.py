@@ -115,6 +115,9 @@ class RedisBridge(MultiService):
         self._lease = FeedLease(self._seconds, self._ttl, self._keys, token, self._new_leader)
         self._store = store
         self._publish_quotes = publish
+        # told every batch this process decided (its fenced publish, its RECORD), before it
+        # is applied: the shared history's writer (quoted.server.cluster.history)
+        self.on_decided: Callable[[list[tuple[Entry, Shared]]], object] | None = None
         self._metrics = metrics
         self._cmd_factory: CommandFactory | None = None
         self._sub_factory: SubscriberFactory | None = None
@@ -223,7 +226,21 @@ class RedisBridge(MultiService):
             return defer.fail(BrokerUnavailable("redis is not reachable"))
         keys = [self._keys.quotes, self._cursor_key]
         d = self._eval(RECORD, keys, record_args(self._keys.channel, batch, cursor))
-        return d.addCallbacks(recorded, unavailable, (batch, self.apply))
+        return d.addCallbacks(recorded, unavailable, (batch, self._decided))
+
+    def _decided(self, batch: list[tuple[Entry, Shared]]) -> list[Quote]:
+        """A batch this process decided: told to ``on_decided``, then applied."""
+        if self.on_decided is not None and batch:
+            self.on_decided(batch)
+        return self.apply(batch)
+
+    def command(self, *args: object) -> Deferred[Any]:
+        """One command on the command connection (fails at once while not connected)."""
+        return self._call(*args)
+
+    def script(self, script: str, keys: list[str], args: list[object]) -> Deferred[Any]:
+        """One Lua script (EVALSHA, EVAL once) on the command connection."""
+        return self._eval(script, keys, args)
 
     # -- service ------------------------------------------------------------------------------
 
@@ -427,7 +444,7 @@ class RedisBridge(MultiService):
 
     def _published(self, ok: object, batch: list[tuple[Entry, Shared]]) -> None:
         if int(str(ok)) == 1:
-            self.apply(batch)
+            self._decided(batch)
         else:
             self._lease.lost("the publish script found another token: tick dropped")
 
