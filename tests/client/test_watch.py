@@ -302,6 +302,8 @@ def test_watch_under_tmux(daemon: Daemon, tmux: Callable[..., Tmux], tmp_path: P
     sparked = t.wait(lambda s: re.search(rf"^AAPL\s.*\s{SPARK}{{3,}}$", s, re.M) is not None)
     assert "TREND" in sparked
     assert re.search(rf"^SPY\s.*\s{SPARK}+$", sparked, re.M), sparked
+    # the picture once the trend has some length (the simulator moves a few symbols a tick)
+    t.wait(lambda s: re.search(rf"^AAPL\s.*\s{SPARK}{{10,}}$", s, re.M) is not None, 20)
     save_screen(t.screen(escapes=True), tmp_path / "watch")
 
     t.run("resize-window", "-t", "w", "-x", "64", "-y", "12")
