@@ -81,7 +81,7 @@ def shipped_keys() -> list[tuple[str, str]]:
         if header:
             section = header[1]
             continue
-        setting = re.match(r"^#? ?([a-z_]+) =", line)
+        setting = re.match(r"^#? ?([a-z][a-z0-9_]*) =", line)
         if setting and section is not None:
             keys.append((section, setting[1]))
     return keys

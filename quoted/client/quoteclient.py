@@ -20,6 +20,9 @@ and stops reconnecting. It speaks the protocol of docs/protocol.md on Autobahn's
   client asks it again and sends the new token with ``auth``.
 * **TLS.** ``wss://`` is verified against the host name (service-identity), with the platform's
   trust store or ``cafile``.
+* **History.** :meth:`QuoteClient.history` asks the same server's ``GET /v1/history`` (over
+  ``http``/``https`` with the same host, trust and token; twisted.web's Agent on the injected
+  reactor) for a symbol's bars or ticks.
 
 ``state`` (and ``on_state``) is a :class:`ClientState` for user interfaces: connecting, live,
 reconnecting in N s, failed (with the reason), stopped. Tokens never appear in logs, states or
@@ -48,6 +51,7 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from quoted.client.history import fetch_history
 from quoted.client.protocol import WireProtocol, make_factory
 from quoted.client.reconnect import (
     CONNECTING,
@@ -119,6 +123,8 @@ class QuoteClient(Service):
         is_secure, host, port, _resource, _path, _params = parse_url(url)
         self.url = url.split("?", 1)[0]
         self.clock: IReactorTime = reactor
+        self._reactor = reactor
+        self._cafile = cafile
         self._token_source = token_source
         self._symbols = normalize_symbols(symbols)
         self._on_update = on_update
@@ -163,6 +169,35 @@ class QuoteClient(Service):
 
     def unsubscribe(self, symbols: Iterable[str]) -> Deferred[dict[str, Any]]:
         return self._request("unsubscribe", symbols)
+
+    def history(
+        self, symbol: str, interval: str = "1m", limit: int = 100
+    ) -> Deferred[list[dict[str, Any]]]:
+        """A symbol's history from the server's ``GET /v1/history`` (docs/protocol.md): a
+        Deferred of its bars (``interval`` ``1s``, ``1m``, ``5m``, ``1h``: dicts with
+        ``time``, ``open``, ``high``, ``low``, ``close``, ``volume``) or ticks (``tick``:
+        ``time``, ``price``, ``volume``), oldest first, the open bar last. It fails with
+        :class:`ServerError` when the server refuses (its code: ``forbidden_symbols``,
+        ``unknown_symbol``, ``bad_request``...), with the token source's error when it fails,
+        and with the connection's error or a timeout otherwise."""
+
+        def ask(token: Any) -> Deferred[list[dict[str, Any]]]:  # the source's str
+            return fetch_history(
+                self._reactor,
+                self.url,
+                token,
+                symbol,
+                interval,
+                limit,
+                error=ServerError,
+                cafile=self._cafile,
+            )
+
+        if self._token:
+            return ask(self._token)
+        d: Deferred[Any] = defer.maybeDeferred(self._token_source)
+        rows: Deferred[list[dict[str, Any]]] = d.addCallback(ask)
+        return rows
 
     def startService(self) -> None:
         super().startService()

@@ -1,9 +1,14 @@
 """quoted-watch: a live full-screen quote board in the terminal.
 
 ``quoted-watch --url wss://host/ws/quotes --symbols AAPL,MSFT,SPY [--token T | --token-file F]
-[--cafile F]`` shows one row per symbol (symbol, name, price, change, change %, last update),
-marks each move with ▲ or ▼ in green or red, shows the connection's state (connecting, live,
-reconnecting in N s, or the server's error), follows the terminal's size, and quits on ``q``.
+[--cafile F]`` shows one row per symbol (symbol, name, price, change, change %, last update, and
+a sparkline of the recent minutes when the terminal is wide enough), marks each move with ▲ or ▼
+in green or red, shows the connection's state (connecting, live, reconnecting in N s, or the
+server's error), follows the terminal's size, and quits on ``q``.
+
+The sparklines (quoted.client.trend) start from ``GET /v1/history`` (1-minute bars, or the ticks
+while there are few bars), fetched once per symbol with twisted.web's Agent on the same reactor,
+and then follow the stream.
 
 The screen is drawn with :mod:`curses` from the standard library, driven by the Twisted reactor
 that runs the :class:`quoted.client.QuoteClient`:
@@ -36,16 +41,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from quoted.client import QuoteClient
 from quoted.client.reconnect import FAILED, LIVE, RECONNECTING, ClientState
+from quoted.client.trend import ENOUGH_BARS, HistoryFetcher, Trend, blocks, sparkline
 from quoted.wire.symbols import normalize_symbols
 
 FLASH_SECONDS = 1.0  # a moved price is highlighted this long
 MIN_NAME = 8
-HEADER = ("SYMBOL", "NAME", "PRICE", "", "CHANGE", "CHG %", "LAST UPDATE")
+NAME_FIRST = 24  # the name column grows to this before the sparkline takes any room
+SPARK_MIN, SPARK_MAX = 10, 30
+HEADER = ("SYMBOL", "NAME", "PRICE", "", "CHANGE", "CHG %", "LAST UPDATE", "TREND")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +72,18 @@ def arrows(encoding: str) -> tuple[str, str]:
     return ("▲", "▼") if "utf" in encoding.lower() else ("^", "v")
 
 
-def column_widths(width: int) -> tuple[int, int]:
-    """(symbol, name) widths for a terminal ``width`` columns wide; fixed columns come first."""
+def column_widths(width: int) -> tuple[int, int, int]:
+    """(symbol, name, sparkline) widths for a terminal ``width`` columns wide: the fixed
+    columns first, then the name up to NAME_FIRST, then the sparkline (0: no column) when
+    SPARK_MIN fit, then the name again up to 40."""
     fixed = 12 + 2 + 11 + 2 + 10 + 9 + 14  # price, arrow, change, change %, last update
     symbol = 10
-    name = max(MIN_NAME, min(40, width - fixed - symbol - 2))
-    return symbol, name
+    room = width - fixed - symbol - 2
+    spark = min(SPARK_MAX, room - NAME_FIRST - 2)
+    if spark < SPARK_MIN:
+        spark = 0
+    name = max(MIN_NAME, min(40, room - (spark + 2 if spark else 0)))
+    return symbol, name, spark
 
 
 def quote_row(
@@ -79,9 +94,12 @@ def quote_row(
     width: int,
     up_down: tuple[str, str],
     note: str = "waiting for the snapshot",
+    trend: Sequence[float] = (),
+    chars: str = "▁▂▃▄▅▆▇█",
 ) -> list[Segment]:
-    """One table row as styled segments, cut to ``width``; ``note`` when there is no quote."""
-    sym_w, name_w = column_widths(width)
+    """One table row as styled segments, cut to ``width``; ``note`` when there is no quote;
+    ``trend`` the prices its sparkline draws (in ``chars``), oldest first."""
+    sym_w, name_w, spark_w = column_widths(width)
     if quote is None:
         return _cut([(f"{symbol:<{sym_w}}", "head"), (note, "dim")], width)
     name = str(quote.get("name", ""))
@@ -99,26 +117,36 @@ def quote_row(
         if now - mark.at < FLASH_SECONDS:
             price_style = "flash_up" if mark.direction > 0 else "flash_down"
     sign_style = "up" if change > 0 else "down" if change < 0 else "plain"
-    return _cut(
-        [
-            (f"{symbol:<{sym_w}}", "head"),
-            (f"{name:<{name_w}}  ", "plain"),
-            (f"{price:>12,.2f}", price_style),
-            (f" {arrow} ", arrow_style),
-            (f"{change:>+11,.2f}", sign_style),
-            (f"{percent:>+9.2f}%", sign_style),
-            (f"  {stamp:<12}", "dim"),
-        ],
-        width,
-    )
+    segments = [
+        (f"{symbol:<{sym_w}}", "head"),
+        (f"{name:<{name_w}}  ", "plain"),
+        (f"{price:>12,.2f}", price_style),
+        (f" {arrow} ", arrow_style),
+        (f"{change:>+11,.2f}", sign_style),
+        (f"{percent:>+9.2f}%", sign_style),
+        (f"  {stamp:<12}", "dim"),
+    ]
+    if spark_w:
+        shown = list(trend)[-spark_w:]
+        style = (
+            "up"
+            if shown and shown[-1] > shown[0]
+            else "down"
+            if shown and shown[-1] < shown[0]
+            else "plain"
+        )
+        segments.append(("  " + sparkline(shown, spark_w, chars), style))
+    return _cut(segments, width)
 
 
 def header_row(width: int) -> list[Segment]:
-    sym_w, name_w = column_widths(width)
+    sym_w, name_w, spark_w = column_widths(width)
     text = (
         f"{HEADER[0]:<{sym_w}}{HEADER[1]:<{name_w}}  {HEADER[2]:>12}   "
-        f"{HEADER[4]:>11}{HEADER[5]:>10}  {HEADER[6]}"
+        f"{HEADER[4]:>11}{HEADER[5]:>10}  {HEADER[6]:<12}"
     )
+    if spark_w:
+        text += f"  {HEADER[7]:>{spark_w}}"
     return _cut([(text, "head")], width)
 
 
@@ -152,6 +180,8 @@ class Board:
         self.marks: dict[str, Mark] = {}
         self.prices: dict[str, float] = {}
         self.up_down = arrows(locale.getpreferredencoding(False))
+        self.blocks = blocks(locale.getpreferredencoding(False))
+        self.trends: dict[str, Trend] = {s: Trend() for s in symbols}
         self.styles: dict[str, int] = {}
         self.quit: Callable[[], None] = lambda: None
 
@@ -191,12 +221,36 @@ class Board:
                 self.prices.pop(symbol, None)
                 self.marks.pop(symbol, None)
                 continue
+            self.trends.setdefault(symbol, Trend()).add(quote)
             price = float(quote.get("current_price", 0.0))
             before = self.prices.get(symbol)
             if before is not None and price != before:
                 self.marks[symbol] = Mark(1 if price > before else -1, now)
             self.prices[symbol] = price
         self.draw()
+
+    def load_history(self, fetcher: HistoryFetcher) -> None:
+        """Each symbol's 1-minute bars (and its ticks when there are few), once, for the
+        sparklines; the stream extends them from then on."""
+        for symbol, trend in self.trends.items():
+            self._load(fetcher, symbol, trend).addErrback(log_failure)
+
+    async def _load_answers(
+        self, fetcher: HistoryFetcher, symbol: str, limit: int
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        bars = await fetcher.fetch(symbol, "1m", limit)
+        if len((bars or {}).get("bars", [])) >= ENOUGH_BARS:
+            return bars, None
+        return bars, await fetcher.fetch(symbol, "tick", limit)
+
+    def _load(self, fetcher: HistoryFetcher, symbol: str, trend: Trend) -> Deferred[None]:
+        d = Deferred.fromCoroutine(self._load_answers(fetcher, symbol, trend.bars.maxlen or 60))
+
+        def loaded(answers: tuple[dict[str, Any] | None, dict[str, Any] | None]) -> None:
+            trend.load(*answers)
+            self.draw()
+
+        return d.addCallback(loaded)
 
     def on_state(self, state: ClientState) -> None:
         self.state = state
@@ -237,7 +291,11 @@ class Board:
                 note = "not served here, or not in the token's entitlement"
                 out.append(quote_row(symbol, q, mark, now, width, self.up_down, note))
             else:
-                out.append(quote_row(symbol, q, mark, now, width, self.up_down))
+                trend = self.trends[symbol].values() if symbol in self.trends else []
+                row = quote_row(
+                    symbol, q, mark, now, width, self.up_down, trend=trend, chars=self.blocks
+                )
+                out.append(row)
         while len(out) < height - 1:
             out.append([])
         out.append(_cut([("q: quit", "dim")], width))
@@ -361,6 +419,8 @@ def _run(screen: Any, reactor: Any, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGWINCH, lambda *_: reactor.callLater(0, board.resize))
     reactor.addReader(reader)
     reactor.callWhenRunning(client.startService)
+    fetcher = HistoryFetcher(args.url, token_source(args), reactor=reactor, cafile=args.cafile)
+    reactor.callWhenRunning(board.load_history, fetcher)
     reactor.callWhenRunning(lambda: ticker.start(1.0, now=True).addErrback(log_failure))
     reactor.run(installSignalHandlers=True)
     return 0

@@ -22,6 +22,8 @@ from quoted.server.feeds.simulator import OscillatorService
 from quoted.server.feeds.sink import FeedSink
 from quoted.server.feeds.sources import plugin_feed, replay_feed
 from quoted.server.gate import Gate
+from quoted.server.history import Bounds, HistoryStore
+from quoted.server.history.route import HistoryRoute, SharedHistory
 from quoted.server.hub import FanOutHub
 from quoted.server.instruments import load_instruments
 from quoted.server.jwks import KeySetService
@@ -52,6 +54,7 @@ class Parts:
     sink: FeedSink
     feed: IService | None = None  # the replay, redis_stream or plugin source
     bridge: RedisBridge | None = None
+    history: HistoryStore | None = None  # [history] enabled
 
 
 class QuotedService(MultiService):
@@ -105,6 +108,16 @@ def build(
     ws = config.websocket
     collector = GarbageCollector(reactor, metrics) if manage_gc else None
     bridge: RedisBridge | None = None
+    # every applied batch, from any source, is kept in the history before the hub fans it
+    # out (the hub's publish sees every batch, subscribed symbols or not)
+    history = HistoryStore(Bounds.of(config.history)) if config.history.enabled else None
+
+    def deliver(quotes: list[Quote]) -> None:
+        if history is not None:
+            history.record(quotes)
+        hub.publish(quotes)
+
+    shared_history: SharedHistory | None = None
     if config.redis.enabled:
         # imported here: txredisapi imports the global reactor, which must not happen before
         # twistd installs its own
@@ -112,21 +125,24 @@ def build(
 
         # The bridge publishes into the hub, and the hub tells the bridge which symbols are
         # used (it is the hub's follower): the bridge comes first, and reaches the hub, built
-        # next, through this function, which it calls only once running.
-        def publish(quotes: list[Quote]) -> None:
-            hub.publish(quotes)
-
+        # next, through deliver, which it calls only once running.
         # peers share one price source: the oscillator ticks only on the lease holder; any
         # other source's ticks are ordered in Redis (the sink's shared order)
         bridge = RedisBridge(
             reactor,
             config.redis,
             store,
-            publish,
+            deliver,
             metrics,
             stream=config.feed.stream,
             simulated=config.feed.source == "simulator",
         )
+        if history is not None:  # written by the process that decides a quote, read by all
+            from quoted.server.cluster.history import RedisHistory  # noqa: PLC0415
+
+            redis_history = RedisHistory(bridge, config.redis.prefix, history.bounds)
+            bridge.on_decided = redis_history.write
+            shared_history = redis_history
     hub = FanOutHub(
         reactor,
         metrics,
@@ -155,13 +171,13 @@ def build(
             config.feed.oscillation_percent,
             config.feed.mode,
             active,
-            hub.publish,
+            deliver,
             on_tick=on_tick,
             emit=None if bridge is None else bridge.emit,
         )
     sink = FeedSink(
         store,
-        hub.publish,
+        deliver,
         reactor,
         metrics,
         future_ms=int(config.auth.leeway * 1000),
@@ -189,13 +205,16 @@ def build(
         metrics,
         None if bridge is None else bridge.readiness,
         publish=PublishRoute(sink, config.publish.max_items) if source == "publish" else None,
+        history=None if history is None else HistoryRoute(store, history, reactor, shared_history),
     )
     site = make_site(router, reactor, config.publish.max_body)
     if bridge is None:
         metrics.broker_up.set(1)
         metrics.feed_leader.set(1)
 
-    parts = Parts(store, hub, pool, verifier, metrics, oscillator, factory, sink, feed, bridge)
+    parts = Parts(
+        store, hub, pool, verifier, metrics, oscillator, factory, sink, feed, bridge, history
+    )
     service = QuotedService(parts, config.server.shutdown_timeout)
     if keyset is not None:  # first: it starts fetching before the listener opens
         keyset.setServiceParent(service)

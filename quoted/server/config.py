@@ -188,6 +188,22 @@ class PublishConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryConfig:
+    enabled: bool = field(metadata=setting(
+        "on", boolean, "keep each symbol's recent ticks and OHLC bars for GET /v1/history"))
+    ticks: int = field(metadata=setting(
+        "50", integer(1, 10_000), "ticks kept per symbol (interval=tick)"))
+    bars_1s: int = field(metadata=setting(
+        "50", integer(1, 10_000), "1-second bars kept per symbol"))
+    bars_1m: int = field(metadata=setting(
+        "60", integer(1, 10_000), "1-minute bars kept per symbol"))
+    bars_5m: int = field(metadata=setting(
+        "24", integer(1, 10_000), "5-minute bars kept per symbol"))
+    bars_1h: int = field(metadata=setting(
+        "12", integer(1, 10_000), "1-hour bars kept per symbol"))
+
+
+@dataclass(frozen=True, slots=True)
 class WebSocketConfig:
     max_connections: int = field(metadata=setting(
         "10000", integer(1, 1_000_000),
@@ -245,6 +261,7 @@ class Config:
     auth: AuthConfig
     feed: FeedConfig
     publish: PublishConfig
+    history: HistoryConfig
     websocket: WebSocketConfig
     redis: RedisConfig
     log: LogConfig

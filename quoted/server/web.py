@@ -97,6 +97,7 @@ class Router(Resource):
         metrics: Metrics,
         broker_readiness: Callable[[], tuple[int, dict[str, str]] | None] | None = None,
         publish: Callable[[Request, Claims], bytes | int] | None = None,
+        history: Callable[[Request, Claims], bytes | int] | None = None,
     ) -> None:
         super().__init__()
         self.gate = gate
@@ -117,6 +118,8 @@ class Router(Resource):
             b"/readyz": self.readyz,
             b"/metrics": self.metrics_resource.render,
         }
+        if history is not None:  # GET /v1/history (quoted.server.history.route), unless off
+            self.routes[b"/v1/history"] = self.authenticated(history)
         self.routes.update(static_routes())  # the browser board: / and /static/...
 
     def render(self, request: Request) -> bytes | int:

@@ -1,16 +1,22 @@
 // quoted's browser board: one WebSocket to this page's own host (the same Origin, which quoted
-// allows by default), the document kept with patch.js, a row per symbol that flashes on a move.
+// allows by default), the document kept with patch.js, a row per symbol that flashes on a move,
+// with a sparkline of its last hour; a click on a row opens its chart (chart.js draws both,
+// series.js keeps their history: loaded once from GET /v1/history, then extended by the stream).
 // Reconnects with jittered exponential backoff; stops on the refusals the protocol says not to
 // retry (docs/protocol.md sections 2 and 7). A refused handshake is invisible to a page (the
 // WebSocket only closes with 1006), so the board asks GET /v1/quotes with the same token and
 // symbols for the server's JSON error.
 
 import { applyPatch, PatchError } from "./patch.js";
+import { clock, drawChart, drawSparkline } from "./chart.js";
+import { fetchHistory, Series } from "./series.js";
 
 const RETRY_CODES = new Set([1001, 1006, 1011, 1013, 4008, 4029]);
 const FATAL_CODES = new Set([1002, 1003, 1007, 1009]);
 const BACKOFF = { initial: 500, factor: 2, max: 30000 };
 const LOG_LIMIT = 5000;
+const SPARK = { interval: "1m", bars: 60, ticks: 120 }; // the last hour, or ticks until 10 bars
+const CHART_BARS = 120;
 
 const $ = (id) => document.getElementById(id);
 const rows = new Map();
@@ -21,10 +27,20 @@ let attempt = 0;
 let retryTimer = null;
 let countdown = null;
 let wanted = { token: "", symbols: "" };
+// the open chart: its symbol, interval, mode, series, and where its last point was drawn
+let chart = null;
+let drawQueued = false;
+const dirty = new Set(); // rows whose sparkline waits for the next frame
 
-// for tests and the curious: the messages applied since the last snapshot, and the document
+// for tests and the curious: the messages applied since the last snapshot, the document, the
+// sparklines' series and the chart
 const log = [];
-window.quotedBoard = { get doc() { return doc; }, log };
+window.quotedBoard = {
+  get doc() { return doc; },
+  log,
+  get rows() { return Object.fromEntries([...rows].map(([s, r]) => [s, r.series])); },
+  get chart() { return chart; },
+};
 
 function setState(name, text) {
   const el = $("state");
@@ -151,6 +167,10 @@ function render(changed, msg) {
       tbody.insertBefore(row.tr, rows.get(order[order.indexOf(symbol) + 1])?.tr ?? null);
     }
     fill(row, q);
+    if (row.series.add(q.last_updated, q.current_price)) queueDraw(row);
+    if (chart?.symbol === symbol && chart.series.add(q.last_updated, q.current_price)) {
+      queueDraw(null);
+    }
   }
   const notes = [];
   if (msg.invalid_symbols?.length) notes.push(`not served: ${msg.invalid_symbols.join(", ")}`);
@@ -161,13 +181,22 @@ function render(changed, msg) {
 function makeRow(symbol) {
   const tr = document.createElement("tr");
   tr.dataset.symbol = symbol;
+  tr.tabIndex = 0;
+  tr.title = `${symbol}: open the chart`;
+  tr.addEventListener("click", () => openChart(symbol));
+  tr.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      openChart(symbol);
+    }
+  });
   const cell = (cls) => {
     const td = document.createElement("td");
     td.className = cls;
     tr.append(td);
     return td;
   };
-  return {
+  const row = {
     tr,
     symbol: cell("symbol"),
     name: cell("name"),
@@ -175,9 +204,97 @@ function makeRow(symbol) {
     arrow: cell("arrow"),
     change: cell("change num"),
     percent: cell("percent num"),
-    updated: cell("updated"),
+    spark: document.createElement("canvas"),
+    updated: null,
     last: null,
+    series: new Series(SPARK.interval, SPARK.bars, SPARK.ticks),
   };
+  row.spark.className = "spark";
+  row.spark.setAttribute("role", "img");
+  cell("trend").append(row.spark);
+  row.updated = cell("updated");
+  loadSpark(row, symbol);
+  return row;
+}
+
+async function loadSpark(row, symbol) {
+  const { token } = wanted;
+  const bars = await fetchHistory(token, symbol, SPARK.interval, SPARK.bars);
+  const ticks = (bars?.bars?.length ?? 0) < 10
+    ? await fetchHistory(token, symbol, "tick", SPARK.ticks) : null;
+  row.series.load(bars, ticks);
+  queueDraw(row);
+}
+
+// redraws wait for the next frame, so a burst of messages draws each canvas once
+function queueDraw(row) {
+  dirty.add(row);
+  if (drawQueued) return;
+  drawQueued = true;
+  requestAnimationFrame(() => {
+    drawQueued = false;
+    for (const r of dirty) (r ? drawRow(r) : drawOpenChart());
+    dirty.clear();
+  });
+}
+
+function drawRow(row) {
+  if (!row.tr.isConnected) return;
+  const values = row.series.values();
+  const last = drawSparkline(row.spark, values);
+  const symbol = row.tr.dataset.symbol;
+  const range = `${money.format(Math.min(...values))} to ${money.format(Math.max(...values))}`;
+  row.spark.setAttribute("aria-label", last
+    ? `${symbol} trend: ${range}, last ${money.format(last.value)}`
+    : `${symbol} trend: no history yet`);
+}
+
+async function openChart(symbol, interval = chart?.interval ?? "1m", mode = chart?.mode ?? "line") {
+  const series = new Series(interval, CHART_BARS);
+  chart = { symbol, interval, mode, series, last: null };
+  const section = $("chart");
+  section.hidden = false;
+  $("chart-title").textContent = `${symbol} · ${doc.quotes?.[symbol]?.name ?? ""}`;
+  for (const b of section.querySelectorAll("[data-interval]")) {
+    b.setAttribute("aria-pressed", String(b.dataset.interval === interval));
+  }
+  for (const b of section.querySelectorAll("[data-mode]")) {
+    b.setAttribute("aria-pressed", String(b.dataset.mode === mode));
+  }
+  for (const [s, r] of rows) r.tr.classList.toggle("selected", s === symbol);
+  drawOpenChart();
+  const answer = await fetchHistory(wanted.token, symbol, interval, CHART_BARS);
+  if (chart?.series !== series) return; // another chart was opened meanwhile
+  series.load(answer, null);
+  const q = doc.quotes?.[symbol];
+  if (q) series.add(q.last_updated, q.current_price);
+  drawOpenChart();
+}
+
+function drawOpenChart() {
+  if (!chart) return;
+  const { symbol, interval, mode, series } = chart;
+  chart.last = drawChart($("chart-canvas"), series.bars, series.step, mode);
+  // the text alternative: the last price and its time (the quote's own stamp when the stream
+  // delivered it, else the end of the last bar)
+  let alt = series.loaded ? `${symbol}: no prices yet` : `${symbol}: loading history…`;
+  if (chart.last) {
+    const q = doc.quotes?.[symbol];
+    const at = q?.current_price === chart.last.price && q.last_updated
+      ? q.last_updated.slice(11, 23) : clock(chart.last.time);
+    const kind = mode === "line" ? "closes" : "candles";
+    alt = `${symbol} last ${money.format(chart.last.price)} at ${at} UTC ` +
+      `(${interval} ${kind}, ${series.bars.length} bars)`;
+  }
+  chart.alt = alt;
+  $("chart-canvas").setAttribute("aria-label", alt);
+  $("chart-caption").textContent = alt;
+}
+
+function closeChart() {
+  chart = null;
+  $("chart").hidden = true;
+  for (const r of rows.values()) r.tr.classList.remove("selected");
 }
 
 const money = new Intl.NumberFormat("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
@@ -215,6 +332,7 @@ function connect(token, symbols) {
   wanted = { token: token.trim(), symbols: symbols.replace(/\s+/g, "") };
   doc = { quotes: {} };
   rows.clear();
+  closeChart();
   $("board").tBodies[0].replaceChildren();
   attempt = 0;
   open();
@@ -232,6 +350,24 @@ function start() {
     $("token").value = token;
     history.replaceState(null, "", location.pathname);
   }
+  for (const b of $("chart").querySelectorAll("[data-interval]")) {
+    b.addEventListener("click", () => chart && openChart(chart.symbol, b.dataset.interval));
+  }
+  for (const b of $("chart").querySelectorAll("[data-mode]")) {
+    b.addEventListener("click", () => {
+      if (!chart) return;
+      chart.mode = b.dataset.mode;
+      for (const m of $("chart").querySelectorAll("[data-mode]")) {
+        m.setAttribute("aria-pressed", String(m === b));
+      }
+      drawOpenChart();
+    });
+  }
+  $("chart-close").addEventListener("click", closeChart);
+  addEventListener("resize", () => {
+    for (const r of rows.values()) queueDraw(r);
+    queueDraw(null);
+  });
   $("connect").addEventListener("submit", (e) => {
     e.preventDefault();
     connect($("token").value, $("symbols").value);

@@ -1,5 +1,6 @@
-"""quoted-watch: its rows as pure functions, and the real console script under tmux against a
-real twistd child (table, a price moving with its arrow and colour, state, resize, q)."""
+"""quoted-watch: its rows and sparklines as pure functions, its history fetch on a fake agent and
+Clock, and the real console script under tmux against a real twistd child (table, a price moving
+with its arrow and colour, the sparkline column, state, resize, q)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,22 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
 
 from quoted.client.reconnect import ClientState
+from quoted.client.trend import (
+    FETCH_TIMEOUT,
+    HistoryFetcher,
+    Trend,
+    history_url,
+    sparkline,
+)
 from quoted.client.watch import Mark, column_widths, header_row, quote_row, state_line
 from quoted.wire.tokens import mint_token
 from tests.harness import SECRET
@@ -61,6 +74,126 @@ def test_rows_fit_the_terminal() -> None:
         assert len(text(quote_row("AAPL", AAPL, None, 0, width, ("^", "v")))) < width
         assert len(text(header_row(width))) < width
     assert column_widths(64)[1] < column_widths(120)[1]  # the name column gives way
+
+
+def test_the_sparkline_column_comes_when_there_is_room() -> None:
+    assert column_widths(64)[2] == 0 and column_widths(100)[2] == 0  # dropped: too narrow
+    assert column_widths(120)[1:] == (24, 22)  # the name keeps its 24 first
+    assert column_widths(200)[2] == 30
+    trend = [176.0, 176.5, 177.0, 176.2, 176.66]
+    for width in (64, 100, 120, 200):
+        row = text(quote_row("AAPL", AAPL, None, 0, width, ("^", "v"), trend=trend))
+        assert len(row) < width
+        assert ("▁" in row and "█" in row) == (width >= 120), (width, row)
+        assert ("TREND" in text(header_row(width))) == (width >= 120)
+    row = quote_row("AAPL", AAPL, None, 0, 120, ("^", "v"), trend=trend)
+    assert row[-1] == ("  " + "".rjust(17) + "▁▅█▂▆", "up")  # right-aligned, green: it rose
+
+
+def test_sparkline() -> None:
+    assert sparkline([1, 2, 3, 4, 5, 6, 7, 8], 8) == "▁▂▃▄▅▆▇█"
+    assert sparkline([8, 1], 4) == "  █▁"
+    assert sparkline([5, 5, 5], 3) == "▄▄▄"  # flat: the middle
+    assert sparkline(range(100), 5) == "▁▃▅▆█"  # the last five
+    assert sparkline([], 3) == "   "
+    assert sparkline([1, 2], 2, "_#") == "_#"
+
+
+def bar(minute: int, close: float) -> dict[str, Any]:
+    t = f"2026-12-02T14:{minute:02d}:00.000Z"
+    return {"time": t, "open": close, "high": close, "low": close, "close": close, "volume": 0}
+
+
+def quote(stamp: str, price: float) -> dict[str, Any]:
+    return {"current_price": price, "last_updated": "2026-12-02T14:" + stamp + "Z"}
+
+
+def test_a_trend_loads_history_then_follows_the_stream() -> None:
+    trend = Trend(limit=60)
+    trend.add(quote("11:59.500", 110.0))  # arrives while the history loads
+    bars = {"symbol": "AAPL", "interval": "1m", "bars": [bar(m, 100.0 + m) for m in range(12)]}
+    trend.load(bars, None)
+    assert trend.values() == [100.0 + m for m in range(11)] + [110.0]  # the open bar updated
+    trend.add(quote("11:59.900", 109.0))
+    assert trend.values()[-1] == 109.0
+    trend.add(quote("12:00.000", 120.0))  # on the boundary: the next minute
+    assert trend.values()[-2:] == [109.0, 120.0]
+    trend.add(quote("10:30.000", 1.0))  # older than the open minute: history has it
+    assert trend.values()[-2:] == [109.0, 120.0] and len(trend.values()) == 13
+    trend.add({"current_price": "x", "last_updated": "soon"})
+    assert len(trend.values()) == 13
+
+
+def test_a_trend_draws_ticks_while_there_are_few_bars() -> None:
+    trend = Trend(limit=60)
+    ticks = [{"time": f"2026-12-02T14:00:0{i}.000Z", "price": 50.0 + i} for i in range(5)]
+    trend.load({"bars": [bar(0, 54.0)]}, {"interval": "tick", "ticks": ticks})
+    assert trend.values() == [50.0, 51.0, 52.0, 53.0, 54.0]
+    trend.add(quote("00:04.000", 54.0))  # the last tick again: not a new one
+    trend.add(quote("00:05.000", 49.0))
+    assert trend.values() == [50.0, 51.0, 52.0, 53.0, 54.0, 49.0]
+    empty = Trend()
+    empty.load(None, None)  # no history (refused, or an older server): the stream alone
+    empty.add(quote("00:00.000", 1.0))
+    empty.add(quote("00:01.000", 2.0))
+    assert empty.values() == [1.0, 2.0]
+
+
+def test_the_history_url_follows_the_websocket_url() -> None:
+    assert history_url("ws://127.0.0.1:8080/ws/quotes") == "http://127.0.0.1:8080/v1/history"
+    assert history_url("wss://q.example.com/md/ws/quotes?x=1") == (
+        "https://q.example.com/md/v1/history"
+    )
+
+
+class FakeResponse:
+    def __init__(self, code: int, body: bytes) -> None:
+        self.code = code
+        self.phrase = b"OK"
+        self.length = len(body)
+        self.body = body
+
+    def deliverBody(self, protocol: Any) -> None:
+        protocol.dataReceived(self.body)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+
+class FakeAgent:
+    def __init__(self, *answers: Deferred[Any]) -> None:
+        self.answers = list(answers)
+        self.requests: list[tuple[bytes, bytes, Any]] = []
+
+    def request(self, method: bytes, uri: bytes, headers: Any, body: Any) -> Deferred[Any]:
+        self.requests.append((method, uri, headers))
+        return self.answers.pop(0)
+
+
+def test_the_fetcher_asks_with_the_token_and_gives_none_on_any_refusal() -> None:
+    clock = Clock()
+    answer = {"symbol": "AAPL", "interval": "1m", "bars": [bar(0, 1.0)]}
+    never: Deferred[Any] = Deferred()
+    agent = FakeAgent(
+        succeed(FakeResponse(200, json.dumps(answer).encode())),
+        succeed(FakeResponse(404, b'{"error": {"code": "unknown_symbol", "message": "x"}}')),
+        never,
+    )
+    fetcher = HistoryFetcher(
+        "ws://127.0.0.1:9/ws/quotes", lambda: "T0KEN", reactor=clock, agent=agent
+    )
+    got: list[object] = []
+    fetcher.fetch("BTC/USD", "1m", 60).addCallback(got.append)
+    assert got == [answer]
+    method, uri, headers = agent.requests[0]
+    assert method == b"GET"
+    assert uri == b"http://127.0.0.1:9/v1/history?symbol=BTC%2FUSD&interval=1m&limit=60"
+    assert headers.getRawHeaders(b"Authorization") == [b"Bearer T0KEN"]
+    fetcher.fetch("NOPE", "1m", 60).addCallback(got.append)
+    assert got[-1] is None
+    fetcher.fetch("AAPL", "tick", 60).addCallback(got.append)
+    assert len(got) == 2
+    clock.advance(FETCH_TIMEOUT)  # no answer in time: cancelled, None
+    assert got[-1] is None and len(got) == 3
+    assert clock.getDelayedCalls() == []
 
 
 def test_state_line() -> None:
@@ -137,6 +270,9 @@ def watch_command(daemon: Daemon, token_file: Path, rc_file: Path, symbols: str)
     )
 
 
+SPARK = "[▁▂▃▄▅▆▇█]"
+
+
 def price_of(screen: str, symbol: str) -> str | None:
     m = re.search(rf"^{re.escape(symbol)}\s.*?\s([\d,]+\.\d\d) ", screen, re.M)
     return m.group(1) if m else None
@@ -147,7 +283,7 @@ def test_watch_under_tmux(daemon: Daemon, tmux: Callable[..., Tmux], tmp_path: P
     token_file = tmp_path / "token"
     token_file.write_text(mint_token(SECRET, "watcher", now=time.time(), ttl=3600) + "\n")
     rc = tmp_path / "rc"
-    t = tmux(watch_command(daemon, token_file, rc, "AAPL,MSFT,SPY,NOPE"), 100, 16)
+    t = tmux(watch_command(daemon, token_file, rc, "AAPL,MSFT,SPY,NOPE"), 120, 16)
 
     first = t.wait(lambda s: "state: live" in s and price_of(s, "SPY") is not None)
     for header in ("SYMBOL", "NAME", "PRICE", "CHANGE", "CHG %", "LAST UPDATE"):
@@ -162,12 +298,19 @@ def test_watch_under_tmux(daemon: Daemon, tmux: Callable[..., Tmux], tmp_path: P
     assert re.search(r"\x1b\[[0-9;]*3[12]m(\x1b\[[0-9;]*m)*\s*[▲▼]", coloured), (
         "the arrow is coloured"
     )
-    save_screen(coloured, tmp_path / "watch")
+    # the sparkline column: from the history, then the stream, at least a few characters
+    sparked = t.wait(lambda s: re.search(rf"^AAPL\s.*\s{SPARK}{{3,}}$", s, re.M) is not None)
+    assert "TREND" in sparked
+    assert re.search(rf"^SPY\s.*\s{SPARK}+$", sparked, re.M), sparked
+    # the picture once the trend has some length (the simulator moves a few symbols a tick)
+    t.wait(lambda s: re.search(rf"^AAPL\s.*\s{SPARK}{{10,}}$", s, re.M) is not None, 20)
+    save_screen(t.screen(escapes=True), tmp_path / "watch")
 
     t.run("resize-window", "-t", "w", "-x", "64", "-y", "12")
     narrow = t.wait(lambda s: "…" in s and "state: live" in s)
     assert all(len(line) <= 64 for line in narrow.splitlines())
     assert "SYMBOL" in narrow
+    assert "TREND" not in narrow and not re.search(SPARK, narrow)  # the column is dropped
 
     t.run("send-keys", "-t", "w", "q")
     deadline = time.monotonic() + 5

@@ -21,6 +21,7 @@ from quoted.server.config import (
     Config,
     ConfigError,
     FeedConfig,
+    HistoryConfig,
     LogConfig,
     PublishConfig,
     RedisConfig,
@@ -62,6 +63,7 @@ DEFAULTS = Config(
         stream="quoted:ticks",
     ),
     publish=PublishConfig(max_body=1024 * 1024, max_items=10000),
+    history=HistoryConfig(enabled=True, ticks=50, bars_1s=50, bars_1m=60, bars_5m=24, bars_1h=12),
     websocket=WebSocketConfig(
         max_connections=10000,
         max_symbols=100,
@@ -186,6 +188,12 @@ GOOD = [
     ("feed", "stream", "vendor:ticks", "feed.stream", "vendor:ticks"),
     ("publish", "max_body", "64KiB", "publish.max_body", 65536),
     ("publish", "max_items", "50", "publish.max_items", 50),
+    ("history", "enabled", "off", "history.enabled", False),
+    ("history", "ticks", "10000", "history.ticks", 10000),
+    ("history", "bars_1s", "1", "history.bars_1s", 1),
+    ("history", "bars_1m", "1440", "history.bars_1m", 1440),
+    ("history", "bars_5m", "288", "history.bars_5m", 288),
+    ("history", "bars_1h", "168", "history.bars_1h", 168),
     ("websocket", "max_connections", "1", "websocket.max_connections", 1),
     ("websocket", "max_symbols", "10000", "websocket.max_symbols", 10000),
     ("websocket", "idle_timeout", "1h", "websocket.idle_timeout", 3600.0),
@@ -263,6 +271,12 @@ BAD = [
     ("publish", "max_body", "1MB", "not a size"),
     ("publish", "max_body", "32", "64 to 67108864 bytes"),
     ("publish", "max_items", "0", "1 to 100000"),
+    ("history", "enabled", "sometimes", "on/off"),
+    ("history", "ticks", "0", "1 to 10000"),
+    ("history", "bars_1s", "10001", "1 to 10000"),
+    ("history", "bars_1m", "1.5", "not an integer"),
+    ("history", "bars_5m", "-1", "1 to 10000"),
+    ("history", "bars_1h", "many", "not an integer"),
     ("websocket", "max_connections", "abc", "not an integer; accepted: 1 to 1000000"),
     ("websocket", "max_symbols", "0", "1 to 10000"),
     ("websocket", "idle_timeout", "999ms", "at least 1s"),
@@ -328,7 +342,7 @@ def test_the_documented_example_line(tmp_path: Path) -> None:
 def test_unknown_section(tmp_path: Path) -> None:
     [line] = problems_of(lambda: load_text(tmp_path, "[websockets]\nmax_symbols = 3\n"))
     assert line.startswith("[websockets]: unknown section; did you mean websocket?")
-    assert "accepted: server, auth, feed, publish, websocket, redis, log" in line
+    assert "accepted: server, auth, feed, publish, history, websocket, redis, log" in line
 
 
 def test_default_section_is_not_special(tmp_path: Path) -> None:
@@ -604,7 +618,7 @@ def shipped_settings() -> dict[tuple[str, str], str]:
     for line in SHIPPED_CONF.read_text().splitlines():
         if header := re.fullmatch(r"\[(\w+)\]", line):
             section = header[1]
-        elif setting := re.fullmatch(r"(?:# )?([a-z_]+) =(?: (.*))?", line):
+        elif setting := re.fullmatch(r"(?:# )?([a-z][a-z0-9_]*) =(?: (.*))?", line):
             found[section, setting[1]] = setting[2] or ""
     return found
 
@@ -626,7 +640,7 @@ def test_every_shipped_setting_is_documented_with_its_default() -> None:
 
 def test_settings_table_shape() -> None:
     table = settings_table()
-    assert len(table) == len({(s, k) for s, k, _, _ in table}) == 38
+    assert len(table) == len({(s, k) for s, k, _, _ in table}) == 44
     assert all(help_text and "\n" not in help_text for *_, help_text in table)
     assert table[0] == (
         "server",

@@ -121,6 +121,9 @@ class RedisBridge(MultiService):
         self._lease = FeedLease(self._seconds, self._ttl, self._keys, token, self._new_leader)
         self._store = store
         self._publish_quotes = publish
+        # told every batch this process decided (its fenced publish, its RECORD), before it
+        # is applied: the shared history's writer (quoted.server.cluster.history)
+        self.on_decided: Callable[[list[tuple[Entry, Shared]]], object] | None = None
         self._metrics = metrics
         self._cmd_factory: CommandFactory | None = None
         self._sub_factory: SubscriberFactory | None = None
@@ -130,14 +133,13 @@ class RedisBridge(MultiService):
         self.reached = False  # Redis answered and the hash was applied at least once
         self._resyncing = False
         self._local_feed = False  # led when Redis went away: ticks locally until it returns
-        self._union: list[Entry] = []
         # entries with local subscribers, in the hub's order (its follow/unfollow calls)
         self._used: dict[Entry, None] = {}
         self._followed: set[Entry] = set()  # entries whose channel is subscribed
         self._to_follow: set[Entry] = set()
         self._applier = Applier(store, publish, self._now_ms)
         interest = self._keys.interest
-        self._interest = Interest(interest, store, self._now_ms, self._call, self._failed)
+        self._interest = Interest(interest, store, self._now_ms, self.command, self._failed)
         self._inbox: list[tuple[Entry, Shared]] = []
         self._calls: dict[str, IDelayedCall] = {}
         self._last_repair = 0.0
@@ -172,7 +174,7 @@ class RedisBridge(MultiService):
         """The entries the oscillator may move now: every used one while leading, this
         process's own while it ticks locally through an outage, none otherwise."""
         if self.leading():
-            return list(dict.fromkeys([*self._union, *self._used]))
+            return list(dict.fromkeys([*self._interest.union, *self._used]))
         if self._local_feeding():
             return list(self._used)
         return []
@@ -232,8 +234,22 @@ class RedisBridge(MultiService):
             return defer.fail(BrokerUnavailable("redis is not reachable"))
         keys = [self._keys.quotes, self._cursor_key]
         args = record_args(self._keys.channel, batch, cursor, self._now_ms())
-        d = self._eval(RECORD, keys, args)
-        return d.addCallbacks(recorded, unavailable, (batch, self.apply))
+        d = self.script(RECORD, keys, args)
+        return d.addCallbacks(recorded, unavailable, (batch, self._decided))
+
+    def _decided(self, batch: list[tuple[Entry, Shared]]) -> list[Quote]:
+        """A batch this process decided: told to ``on_decided``, then applied."""
+        if self.on_decided is not None and batch:
+            self.on_decided(batch)
+        return self.apply(batch)
+
+    def command(self, *args: object) -> Deferred[Any]:
+        """One command on the command connection (fails at once while not connected)."""
+        return on(self._cmd, "execute_command", *args)
+
+    def script(self, script: str, keys: list[str], args: list[object]) -> Deferred[Any]:
+        """One Lua script (EVALSHA, EVAL once) on the command connection."""
+        return on(self._cmd, "eval", script, keys, args)
 
     # -- service ------------------------------------------------------------------------------
 
@@ -262,7 +278,7 @@ class RedisBridge(MultiService):
         self._calls.clear()
         if self._lease.held and self._cmd is not None:
             try:  # hand the lease over now rather than after its TTL
-                await self._lease.release(self._eval)
+                await self._lease.release(self.script)
             except Exception as e:
                 self.log.warn("could not release the feed lease: {error}", error=str(e))
         self._lease.held = False
@@ -320,7 +336,7 @@ class RedisBridge(MultiService):
         self._applier.forget()
         self._followed = set(self._used)
         d = self._subscribe(self._followed) if self._simulated else self._subscribe_market()
-        d.addCallback(lambda _: self._call("HGETALL", self._keys.quotes))
+        d.addCallback(lambda _: self.command("HGETALL", self._keys.quotes))
         d.addCallback(self._loaded)
         d.addErrback(self._failed, "resynchronise")
         d.addBoth(self._resynced)
@@ -348,15 +364,9 @@ class RedisBridge(MultiService):
 
     def _ping(self) -> None:
         if self._cmd is not None:  # a reply later than REPLY_TIMEOUT drops the connection
-            self._call("PING").addErrback(self._failed, "ping")
+            self.command("PING").addErrback(self._failed, "ping")
 
     # -- commands -------------------------------------------------------------------------------
-
-    def _call(self, *args: object) -> Deferred[Any]:
-        return on(self._cmd, "execute_command", *args)
-
-    def _eval(self, script: str, keys: list[str], args: list[object]) -> Deferred[Any]:
-        return on(self._cmd, "eval", script, keys, args)
 
     def _subscribe(self, entries: Iterable[Entry]) -> Deferred[Any]:
         chans = [self._keys.channel + e.symbol for e in entries]
@@ -378,24 +388,20 @@ class RedisBridge(MultiService):
     def _read(self, entries: Sequence[Entry]) -> Deferred[Read]:
         refusals = self._applier.refusals
         lookup = self._store.lookup
-        return read_shared(self._call, self._keys.quotes, lookup, entries, self._now_ms, refusals)
+        return read_shared(self.command, self._keys.quotes, lookup, entries, self._now_ms, refusals)
 
     # -- the lease ------------------------------------------------------------------------------
 
     def _lease_tick(self) -> None:
         if self.up:
-            self._lease.tick(self._eval, self._failed)
+            self._lease.tick(self.script, self._failed)
 
     def _new_leader(self) -> None:
         if not self._simulated:  # nothing to seed: start-up quotes would outrank published ones
             return
-        d = self._refresh_union()
+        d = self._interest.refresh()
         d.addCallback(lambda _: self._seed_missing())
         d.addErrback(self._failed, "seed")
-
-    def _refresh_union(self) -> Deferred[None]:
-        """Read which symbols any process uses (quoted.server.cluster.interest)."""
-        return self._interest.read().addCallback(lambda es: setattr(self, "_union", es))
 
     def _seed_missing(self) -> Deferred[None]:
         """A new leader publishes its current quote of every used symbol the hash lacks."""
@@ -416,17 +422,17 @@ class RedisBridge(MultiService):
         args, batch = publish_args(self._lease.token, self._keys.channel, self.fence, moves, at_ms)
         if not batch:
             return 0
-        d = self._eval(PUBLISH, [self._keys.lease, self._keys.quotes], args)
+        d = self.script(PUBLISH, [self._keys.lease, self._keys.quotes], args)
         d.addCallback(self._published, batch)
         d.addErrback(self._failed, "publish")
         return len(batch)
 
     def _published(self, ok: object, batch: list[tuple[Entry, Shared]]) -> None:
         if int(str(ok)) == 1:
-            self.apply(batch)
+            self._decided(batch)
             behind = self._applier.behind
             if behind is not None:  # this leader's own tick was older: outrank it
-                self._lease.refence(self._eval, self._failed, behind.version)
+                self._lease.refence(self.script, self._failed, behind.version)
         else:
             self._lease.lost("the publish script found another token: tick dropped")
 
@@ -472,7 +478,7 @@ class RedisBridge(MultiService):
         self._sweep()
         self._add_interest()
         if self.leading() and self._simulated:
-            self._refresh_union().addErrback(self._failed, "read interest")
+            self._interest.refresh().addErrback(self._failed, "read interest")
         now = self._seconds()
         if now - self._last_repair >= REPAIR_EVERY:
             self._last_repair = now

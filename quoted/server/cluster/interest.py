@@ -38,6 +38,7 @@ class Interest:
         self._now_ms = now_ms
         self._call = call
         self._failed = failed
+        self.union: list[Entry] = []  # what any process used at the last refresh
 
     def add(self, entries: Iterable[Entry]) -> None:
         """Score ``entries`` INTEREST_TTL_MS ahead (ZADD GT: never shortening a score)."""
@@ -45,6 +46,10 @@ class Interest:
         until = self._now_ms() + INTEREST_TTL_MS
         for args in interest_args(until, symbols):
             self._call("ZADD", self._key, "GT", *args).addErrback(self._failed, "record interest")
+
+    def refresh(self) -> Deferred[None]:
+        """Read :attr:`union` again: the entries any process uses now."""
+        return self.read().addCallback(lambda es: setattr(self, "union", es))
 
     def read(self) -> Deferred[list[Entry]]:
         """The entries any process uses now, the expired members dropped."""
