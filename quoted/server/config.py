@@ -35,6 +35,7 @@ from quoted.server.settingkinds import (
     endpoint,
     feed_name,
     file,
+    group_or_world_readable,
     integer,
     jwks_url,
     networks,
@@ -412,6 +413,7 @@ def load_config(
     failed: set[str] = set()
     origin: dict[str, str] = {}  # attr -> environment variable it came from, for auth names
     chosen: set[str] = set()  # "[section] key" of every setting the file or environment set
+    notes: list[str] = []  # warnings found while reading
     for s in _SETTINGS:
         text, kind, source = from_file.get((s.section, s.key), s.default), s.kind, ""
         for name in (*reversed(s.aliases), s.env):  # the QUOTED_ name, checked last, wins
@@ -435,6 +437,12 @@ def load_config(
             continue
         if source:
             origin[attr] = source
+        if kind is secret_file and text and group_or_world_readable(text):
+            notes.append(
+                f"{s.name}: the file may be read by other users (mode "
+                f"{os.stat(text).st_mode & 0o777:o}); chmod 600 it, or use systemd's "
+                "LoadCredential="
+            )
 
     auth = sections["auth"]
     if not failed.intersection(f"auth.{key}" for key in _TOKEN_KEYS):
@@ -452,7 +460,7 @@ def load_config(
                 "[auth] secret_file: no token key is configured (secret_file, JWT_SECRET, "
                 "public_key_file or jwks_url); set one, or start with --dev for development"
             )
-    warnings: list[str] = []
+    warnings: list[str] = notes
     options: dict[str, str] = {}
     if "feed.source" not in failed:
         source = sections["feed"]["source"]

@@ -21,6 +21,9 @@ from urllib.parse import SplitResult, urlsplit
 from quoted.wire.durations import parse_duration
 
 MIN_SECRET_BYTES = 32
+# a secret of fewer different bytes is not random (32 zero bytes, spaces, "aaaa..."): a random
+# 32-byte secret has about 30, its hex form 16, its base64 form about 25
+MIN_DISTINCT_BYTES = 8
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -217,13 +220,32 @@ def secret_file(text: str) -> bytes | None:
         raise ValueError(f"cannot read: {exc.strerror}") from None
     if len(secret) < MIN_SECRET_BYTES:
         raise ValueError("the secret in it is too short")
+    check_variety(secret)
     return secret
+
+
+def check_variety(secret: bytes) -> None:
+    """Refuse a secret of too few different bytes (never saying which)."""
+    if len(set(secret)) < MIN_DISTINCT_BYTES:
+        raise ValueError(
+            f"the secret has fewer than {MIN_DISTINCT_BYTES} different bytes: not a random "
+            "secret (make one with: head -c 32 /dev/urandom | base64)"
+        )
+
+
+def group_or_world_readable(path: str) -> bool:
+    """Whether a secret file may be read by users other than its owner."""
+    try:
+        return bool(os.stat(path).st_mode & 0o077)
+    except OSError:
+        return False
 
 
 @value_kind(f"a secret of at least {MIN_SECRET_BYTES} bytes", secret=True, strip=False)
 def raw_secret(text: str) -> bytes:
     if len(secret := text.encode()) < MIN_SECRET_BYTES:
         raise ValueError("too short")
+    check_variety(secret)
     return secret
 
 

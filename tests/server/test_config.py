@@ -784,3 +784,34 @@ def test_the_checker_prints_warnings(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = capsys.readouterr()
     assert out.out == "ok\n"
     assert out.err.startswith("warning: [feed] update_interval: set, but only")
+
+
+# -- secrets that are no secrets ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weak", [b"\0" * 32, b" " * 40, b"ab" * 20, b"0123456" * 6])
+def test_a_secret_of_few_different_bytes_is_refused(tmp_path: Path, weak: bytes) -> None:
+    path = tmp_path / "secret"
+    path.write_bytes(weak)
+    path.chmod(0o600)
+    lines = problems_of(lambda: load_text(tmp_path, f"[auth]\nsecret_file = {path}\n"))
+    assert lines[0].startswith("[auth] secret_file = ")
+    assert "fewer than 8 different bytes" in lines[0]
+    if weak.strip():
+        lines = problems_of(lambda: load_config(None, {"JWT_SECRET": weak.decode()}))
+        assert lines[0].startswith("[auth] secret_file = <hidden> (from JWT_SECRET): ")
+        assert weak.decode() not in "\n".join(lines)
+
+
+def test_a_secret_file_others_may_read_is_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    path.write_bytes(SECRET)
+    path.chmod(0o644)
+    cfg = load_text(tmp_path, f"[auth]\nsecret_file = {path}\n")
+    assert cfg.auth.secret == SECRET
+    assert cfg.warnings == (
+        "[auth] secret_file: the file may be read by other users (mode 644); chmod 600 it, "
+        "or use systemd's LoadCredential=",
+    )
+    path.chmod(0o600)
+    assert load_text(tmp_path, f"[auth]\nsecret_file = {path}\n").warnings == ()
