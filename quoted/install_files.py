@@ -71,9 +71,7 @@ def _write(path: Path, data: bytes, force: bool) -> bool:
 
 def install(dest: Path, force: bool = False) -> list[tuple[Path, bool]]:
     """Write every shipped file under ``dest``; each path with whether it was written."""
-    return [
-        (dest / rel, _write(dest / rel, item.read_bytes(), force)) for item, rel in files()
-    ]
+    return [(dest / rel, _write(dest / rel, item.read_bytes(), force)) for item, rel in files()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
