@@ -10,7 +10,6 @@ from twisted.internet.task import Clock
 
 from quoted.server.config import WebSocketConfig, load_config
 from quoted.server.pool import ConnectionPool, Liveness
-from tests.harness import SECRET
 
 # Binary fractions only (times, steps, intervals): every clock reading is exact, so a sweep
 # lands exactly on next_ping instead of a rounding error before it (one step late).
@@ -18,7 +17,7 @@ T0 = 1024.0
 INTERVAL = 10.0  # health_check_interval: the sweep runs every second
 IDLE = 60.0
 SEED = 7
-BASE = load_config(None, environ={"JWT_SECRET": SECRET.decode()}).websocket
+BASE = load_config(None, environ={"JWT_SECRET": "pool-test-secret-0123456789-abcdefgh"}).websocket
 
 
 def ws_config(**changes: object) -> WebSocketConfig:
