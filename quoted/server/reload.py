@@ -181,9 +181,6 @@ class Reloader:
                 return self._refused([str(e)])
         for warning in new.warnings:
             _log.warn("configuration: {warning}", warning=warning, log_id="quoted.config.warning")
-        if not change.changed:
-            _log.info("configuration reloaded: nothing changed", log_id="quoted.reload.unchanged")
-            return "unchanged"
         self._apply(new, change, verifier)
         self.config = _keep_fixed(old, new, change)
         what = [*change.live]
@@ -197,6 +194,10 @@ class Reloader:
                 changed="; ".join(what),
                 log_id="quoted.reload.applied",
             )
+        else:
+            _log.info(
+                "configuration reloaded: nothing changes live", log_id="quoted.reload.unchanged"
+            )
         kept = [*change.fixed]
         if change.described:
             kept.append(f"instruments described anew: {', '.join(change.described)}")
@@ -207,7 +208,7 @@ class Reloader:
                 kept=", ".join(kept),
                 log_id="quoted.reload.kept",
             )
-        return "applied"
+        return "applied" if what else "unchanged"
 
     def _refused(self, problems: list[str]) -> str:
         _log.error(

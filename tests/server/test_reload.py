@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import jsonpatch
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, formatEvent, globalLogPublisher
 
@@ -245,8 +248,8 @@ def test_a_fixed_setting_is_named_in_one_warning_and_kept(events: Events) -> Non
     assert r.config.websocket.max_symbols == 5
     # a second reload of the same file changes nothing live, and warns again
     r2 = reloader(service, r.config, reactor, new)
-    assert r2.reload() == "applied"
-    assert "quoted.reload.applied" in events.ids()
+    assert r2.reload() == "unchanged"
+    assert events.ids().count("quoted.reload.kept") == 2
 
 
 def test_feed_tick_changes_the_oscillator() -> None:
@@ -329,3 +332,37 @@ def test_log_level_and_format_change_every_observer() -> None:
         logs.reconfigure(LogConfig(level="info", format="text"))
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["level"] == "debug"
+
+
+def test_public_key_file_swapped_for_the_secret(tmp_path: Path) -> None:
+    old = make_config()
+    service, reactor = world(old)
+    private = ed25519.Ed25519PrivateKey.generate()
+    pem = tmp_path / "key.pem"
+    pem.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    new = make_config(auth={"secret": None, "public_key_file": str(pem)})
+    assert reloader(service, old, reactor, new).reload() == "applied"
+    now = reactor.seconds()
+    token = jwt.encode({"sub": "k", "iat": int(now), "exp": int(now) + 60}, private, "EdDSA")
+    assert service.parts.verifier.verify(token).subject == "k"
+    with pytest.raises(TokenError):
+        service.parts.verifier.verify(mint_token(SECRET, "u", now=now, ttl=60))
+
+
+def test_jwks_url_starts_a_key_set_and_a_secret_again_stops_it() -> None:
+    old = make_config()
+    service, reactor = world(old)
+    verifier = service.parts.verifier
+    with_set = make_config(auth={"secret": None, "jwks_url": "https://idp.example/jwks.json"})
+    r = reloader(service, old, reactor, with_set, old)
+    assert r.reload() == "applied"
+    keyset = verifier.keyset
+    assert keyset is not None and keyset.parent is service
+    assert not verifier.ready  # nothing fetched: tokens are refused until the set loads
+    assert r.reload() == "applied"
+    assert verifier.keyset is None and keyset.parent is None
+    assert verifier.verify(mint_token(SECRET, "u", now=reactor.seconds(), ttl=60))
