@@ -129,3 +129,40 @@ def test_sighup_applies_a_limit_keeps_the_client_and_names_what_needs_a_restart(
     d.terminate()
     assert d.wait_exit(10) == 0, d.output()
     assert "Traceback" not in d.output()
+
+
+def test_sighup_retires_an_instrument_from_a_connected_client_in_sequence(
+    spawn: Spawn, files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    conf, secret = files
+    csv = tmp_path / "instruments.csv"
+    header = "symbol,name,type,base_price,volume,market_cap\n"
+    rows = ["AAPL,Apple,STOCK,150,1000,0\n", "MSFT,Microsoft,STOCK,300,1000,0\n"]
+    csv.write_text(header + "".join(rows))
+    feed = {"update_interval": "100ms", "mode": "all", "instruments_file": str(csv)}
+    write_config(conf, secret, feed=feed)
+    d = spawn("--config", str(conf), env=dev_env())
+    d.wait_ready()
+    token = mint_token(SECRET, "client", now=time.time(), ttl=600)
+    ws = RawWS(d.port, "symbols=AAPL,MSFT", token)
+    try:
+        seq = next_patch(ws)["seq"]
+        csv.write_text(header + rows[1] + "NEWCO,New Co,STOCK,12.5,1000,0\n")
+        d.proc.send_signal(signal.SIGHUP)
+        removed = False
+        deadline = time.monotonic() + LOG_WAIT
+        while not removed and time.monotonic() < deadline:
+            m = next_patch(ws)
+            assert m["seq"] == seq + 1, m
+            seq = m["seq"]
+            removed = {"op": "remove", "path": "/quotes/AAPL"} in m["operations"]
+        assert removed
+        out = wait_log(d, "instruments retired: AAPL")
+        assert "instruments added: NEWCO" in out
+        for _ in range(2):  # MSFT goes on moving, in sequence
+            m = next_patch(ws)
+            assert m["seq"] == seq + 1
+            seq = m["seq"]
+            assert all("AAPL" not in op["path"] for op in m["operations"])
+    finally:
+        ws.close()
