@@ -16,6 +16,7 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
 
+from quoted import __version__
 from quoted.server import logs, reload
 from quoted.server.app import build
 from quoted.server.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
@@ -46,6 +47,11 @@ class Options(usage.Options):
     optFlags = [
         ["dev", None, "development mode: a random token secret and a printed demo token"],
     ]
+
+    def opt_version(self) -> None:
+        """Print quoted's version and exit (``twistd --version`` prints Twisted's)."""
+        print(f"quoted {__version__}")
+        sys.exit(0)
 
 
 def http_base(listen: str) -> str:
