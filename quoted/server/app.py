@@ -34,7 +34,7 @@ from quoted.server.protocol import QuoteFactory
 from quoted.server.publish import PublishRoute
 from quoted.server.ratelimit import IPRateLimiter
 from quoted.server.store import Entry, Quote, QuoteStore
-from quoted.server.web import Router, make_site
+from quoted.server.web import QuotedSite, Router, make_site
 
 if TYPE_CHECKING:
     from quoted.server.cluster.bridge import RedisBridge
@@ -55,6 +55,10 @@ class Parts:
     feed: IService | None = None  # the replay, redis_stream or plugin source
     bridge: RedisBridge | None = None
     history: HistoryStore | None = None  # [history] enabled
+    # what a reload (quoted.server.reload) sets anew
+    gate: Gate | None = None
+    site: QuotedSite | None = None
+    publish: PublishRoute | None = None  # [feed] source = publish
 
 
 class QuotedService(MultiService):
@@ -197,6 +201,7 @@ def build(
     factory = QuoteFactory(reactor, ws, store, hub, pool, verifier, metrics)
     limiter = IPRateLimiter(reactor, ws.handshake_rate_per_ip)
     gate = Gate(factory, config.server, ws, store, pool, verifier, limiter, metrics)
+    publish = PublishRoute(sink, config.publish.max_items) if source == "publish" else None
     router = Router(
         gate,
         store,
@@ -204,7 +209,7 @@ def build(
         verifier,
         metrics,
         None if bridge is None else bridge.readiness,
-        publish=PublishRoute(sink, config.publish.max_items) if source == "publish" else None,
+        publish=publish,
         history=None if history is None else HistoryRoute(store, history, reactor, shared_history),
     )
     site = make_site(router, reactor, config.publish.max_body)
@@ -213,7 +218,20 @@ def build(
         metrics.feed_leader.set(1)
 
     parts = Parts(
-        store, hub, pool, verifier, metrics, oscillator, factory, sink, feed, bridge, history
+        store,
+        hub,
+        pool,
+        verifier,
+        metrics,
+        oscillator,
+        factory,
+        sink,
+        feed,
+        bridge,
+        history,
+        gate,
+        site,
+        publish,
     )
     service = QuotedService(parts, config.server.shutdown_timeout)
     if keyset is not None:  # first: it starts fetching before the listener opens

@@ -291,6 +291,12 @@ class TokenVerifier:
             self._key = key
         self._jws = jwt.PyJWS(algorithms=list(self.algorithms))
 
+    def adopt(self, other: TokenVerifier) -> None:
+        """Check tokens as ``other`` does from now on (a reload swapping the token keys): the
+        parts holding this verifier keep it."""
+        for name in TokenVerifier.__slots__:
+            setattr(self, name, getattr(other, name))
+
     def __repr__(self) -> str:
         kind = "jwks" if self.keyset is not None else "key"
         return f"<TokenVerifier {kind} algorithms={','.join(self.algorithms)}>"

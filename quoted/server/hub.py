@@ -180,6 +180,20 @@ class FanOutHub:
             sub.extra.append(e.remove_op)
         return gone
 
+    def set_threshold(self, breaker_threshold: int) -> None:
+        """``[websocket] circuit_breaker_threshold`` from now on (a reload)."""
+        self._threshold = breaker_threshold
+
+    def retire(self, entries: Sequence[Entry]) -> int:
+        """Take retired entries from every subscription holding them: each gets their
+        ``remove`` operations at once, in its own sequence. How many subscriptions."""
+        retired = set(entries)
+        holders = {sub for e in retired for sub in self._subscribers.get(e, ())}
+        for sub in holders:
+            self.unsubscribe(sub, [e for e in sub.sent if e in retired])
+            self.flush(sub)
+        return len(holders)
+
     def active(self) -> list[Entry]:
         """Entries with at least one subscriber: the ones the oscillator moves."""
         return list(self._subscribers)

@@ -214,6 +214,16 @@ class KeySetService(MultiService):
         self._last_unknown_kid_fetch = now
         return self.fetch()
 
+    def set_url(self, url: str) -> None:
+        """Fetch from ``url`` from now on (a reload): at once when running; the keys loaded
+        so far stay in use until the new set is loaded."""
+        self._url = url.encode("ascii")
+        if self.running:
+            if self._inflight is None:
+                self.fetch()
+            else:  # that fetch asked the old URL
+                self._inflight.addBoth(lambda _: None if not self.running else self.fetch())
+
     def fetch(self) -> Deferred[None]:
         """Fetch the set now (or join the fetch in flight). The Deferred fires with None when
         the attempt ends, whatever its outcome: it never fails."""

@@ -35,6 +35,7 @@ import json
 import math
 import re
 import sys
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any, Final, cast
@@ -279,9 +280,36 @@ def make_observer(
     """An observer writing the events at or above ``level`` to ``stream``, as text or JSON,
     the lines of :data:`THROTTLED` at most once per :data:`THROTTLE_SECONDS`."""
     # The casts spell out @implementer declarations, which mypy sees only with the zope plugin.
-    writer = cast(ILogObserver, FileLogObserver(stream, make_formatter(json_format)))
-    keep = cast(ILogFilterPredicate, LogLevelFilterPredicate(_LEVELS[level]))
+    live = _Live(level, json_format)
+    writer = cast(ILogObserver, FileLogObserver(stream, live.format))
+    keep = cast(ILogFilterPredicate, live.predicate)
+    _observers.add(live)
     return cast(ILogObserver, Throttle(cast(ILogObserver, FilteringLogObserver(writer, [keep]))))
+
+
+class _Live:
+    """An observer's level and format, changed in place by :func:`reconfigure` (a reload)."""
+
+    def __init__(self, level: str, json_format: bool) -> None:
+        self.predicate = LogLevelFilterPredicate(_LEVELS[level])
+        self._format = make_formatter(json_format)
+
+    def format(self, event: LogEvent) -> str | None:
+        return self._format(event)
+
+    def set(self, level: str, json_format: bool) -> None:
+        self.predicate.setLogLevelForNamespace("", _LEVELS[level])
+        self._format = make_formatter(json_format)
+
+
+_observers: weakref.WeakSet[_Live] = weakref.WeakSet()
+
+
+def reconfigure(log: LogConfig) -> None:
+    """Apply ``[log]`` level and format to every observer made here, at once (SIGHUP)."""
+    configure(log, _stream)
+    for live in list(_observers):
+        live.set(log.level, log.format == "json")
 
 
 def twistd_observer(log: LogConfig, logfile: str = "", nodaemon: bool = True) -> ILogObserver:

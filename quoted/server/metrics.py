@@ -46,6 +46,7 @@ class Metrics:
         "build_info",
         "bytes_received",
         "bytes_sent",
+        "config_reloads",
         "conflated_updates",
         "connections",
         "connections_idle",
@@ -118,6 +119,14 @@ class Metrics:
         self.slow_consumer_closes = Counter(
             "quoted_slow_consumer_closes",
             "WebSocket connections closed with 4008 because their socket did not drain.",
+            registry=r,
+        )
+
+        self.config_reloads = Counter(
+            "quoted_config_reloads",
+            "Configuration reloads (SIGHUP) by result: applied, unchanged, or refused (the "
+            "file had errors; the running configuration was kept).",
+            ["result"],
             registry=r,
         )
 

@@ -77,22 +77,41 @@ class ConnectionPool(MultiService):
         # handshakes accepted whose connection has not closed yet
         self.reserved = 0
         self.draining = False
-        self._step = self.sweep_step()
-        period = min(config.health_check_interval, config.idle_timeout)
-        self._wheel: list[set[Liveness]] = [
-            set() for _ in range(max(1, round(period / self._step)))
-        ]
-        self._origin = clock.seconds()
-        self._next = 1  # the next sweep
+        self._wheel: list[set[Liveness]] = []
+        self._new_wheel()
         self._closed: dict[Liveness, Deferred[None]] = {}
-        Periodic(
+        self._sweeper = Periodic(
             clock,
             self._step,
             self.sweep,
             failed="the connection sweep stopped",
             log_id="quoted.pool.sweep_failed",
             log=self.log,
-        ).setServiceParent(self)
+        )
+        self._sweeper.setServiceParent(self)
+
+    def _new_wheel(self) -> None:
+        self._step = self.sweep_step()
+        period = min(self._config.health_check_interval, self._config.idle_timeout)
+        self._wheel = [set() for _ in range(max(1, round(period / self._step)))]
+        self._origin = self._clock.seconds()
+        self._next = 1  # the next sweep
+
+    def reconfigure(self, config: WebSocketConfig) -> None:
+        """New limits (a reload): counts kept; with new timeouts, a new wheel and sweep step,
+        every connection placed again by its deadlines under the new timeouts."""
+        old, self._config = self._config, config
+        if (old.health_check_interval, old.idle_timeout) == (
+            config.health_check_interval,
+            config.idle_timeout,
+        ):
+            return
+        self._new_wheel()
+        for live in self.connections:
+            live.next_ping = min(live.next_ping, live.last_seen + config.health_check_interval)
+            live.slot = 0
+            self._place(live)
+        self._sweeper.set_step(self._step)
 
     # -- limits -------------------------------------------------------------
 

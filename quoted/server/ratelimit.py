@@ -46,6 +46,12 @@ class IPRateLimiter:
         self._buckets: dict[str, TokenBucket] = {}
         self._swept = clock.seconds()
 
+    def set_rate(self, rate: float) -> None:
+        """A new rate (a reload): the buckets start again, full."""
+        self._rate = rate
+        self._burst = float(math.ceil(2 * rate))
+        self._buckets.clear()
+
     def wait(self, ip: str) -> float:
         """0 when the handshake may go on, else the seconds to wait."""
         if self._rate <= 0:

@@ -419,7 +419,8 @@ def apply_prices(prices: Iterable[PriceAt], publish: Callable[[list[Quote]], Non
 
 
 class QuoteStore:
-    """Every instrument and its current quote. The set of instruments is fixed at creation."""
+    """Every instrument and its current quote. A reload may :meth:`add` instruments or
+    :meth:`retire` them (no longer looked up; an entry object itself is never reused)."""
 
     __slots__ = ("_by_symbol", "entries")
 
@@ -438,6 +439,25 @@ class QuoteStore:
             by_symbol[inst.symbol] = Entry(inst, len(by_symbol), start_ms)
         self._by_symbol = by_symbol
         self.entries = tuple(by_symbol.values())
+
+    def add(self, instrument: Instrument, start_ms: int) -> Entry:
+        """Serve one more instrument (a reload), from its base price, version 1."""
+        instrument.validate()
+        if instrument.symbol in self._by_symbol:
+            raise InstrumentError(f"symbol {instrument.symbol} listed twice")
+        # indexes stay unique: a retired entry's is never given again
+        index = max((e.index for e in self.entries), default=-1) + 1
+        entry = self._by_symbol[instrument.symbol] = Entry(instrument, index, start_ms)
+        self.entries = (*self.entries, entry)
+        return entry
+
+    def retire(self, symbol: str) -> Entry | None:
+        """Stop serving ``symbol`` (a reload): lookups and REST no longer see it; the entry
+        removed, for the hub to take from its subscribers. None when it was not served."""
+        entry = self._by_symbol.pop(symbol, None)
+        if entry is not None:
+            self.entries = tuple(e for e in self.entries if e is not entry)
+        return entry
 
     def lookup(self, symbol: str) -> Entry | None:
         """The entry of an (already upper-case) symbol, or None."""

@@ -17,7 +17,7 @@ from twisted.python import usage
 from twisted.python.components import Componentized
 
 from quoted import __version__
-from quoted.server import logs
+from quoted.server import logs, reload
 from quoted.server.app import build
 from quoted.server.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from quoted.server.edge import clear_exit_signal
@@ -164,6 +164,20 @@ def makeService(options: dict[str, Any]) -> IService:
     threads: Any = reactor
     signal.signal(signal.SIGTERM, lambda signum, frame: threads.callFromThread(reactor.stop))
     try:
-        return LoggedRoot(build(config, reactor, secret=secret), observer)
+        service = build(config, reactor, secret=secret)
     except (InstrumentError, ValueError, OSError) as e:
         raise SystemExit(f"quoted: {e}") from None
+    # SIGHUP: read the same file again, apply what can change live (quoted.server.reload)
+    reload.install(
+        reactor,
+        reload.Reloader(
+            service,
+            config,
+            reactor,
+            path=options["config"],
+            dev=bool(options["dev"]),
+            listen=options["listen"],
+            secret=secret,
+        ),
+    )
+    return LoggedRoot(service, observer)

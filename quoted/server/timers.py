@@ -68,11 +68,23 @@ class Periodic(TimerService):
         # TimerService.startService always makes the first call at once: the same steps, with
         # ``now`` and ``counted`` honoured
         Service.startService(self)
+        self._start_loop(self.now)
+
+    def set_step(self, step: float) -> None:
+        """Call every ``step`` seconds from now on: a running loop restarts, its next call one
+        new step from now (a reload; the loop's call in progress, if any, is not waited for)."""
+        self.step = step
+        loop = self._looping
+        if loop is not None and loop.running:
+            loop.stop()
+            self._start_loop(False)
+
+    def _start_loop(self, now: bool) -> None:
         fn = self.call[0]
         loop = LoopingCall.withCount(fn) if self.counted else LoopingCall(fn)
         loop.clock = cast(IReactorTime, self.clock)  # TimerService's attribute: may be replaced
         self._looping = loop
-        ended: Deferred[Any] = loop.start(self.step, now=self.now)
+        ended: Deferred[Any] = loop.start(self.step, now=now)
         ended.addErrback(self._failed)
         self._ended = ended
 

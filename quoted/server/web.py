@@ -16,7 +16,7 @@ from pathlib import Path
 from prometheus_client.twisted import MetricsResource
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import Request
 
 from quoted.server.auth import Claims, TokenVerifier
 from quoted.server.channel import (
@@ -276,7 +276,7 @@ def _static(body: bytes, kind: bytes) -> Callable[[Request], bytes]:
     return render
 
 
-def make_site(router: Router, clock: IReactorTime, max_body: int = MAX_BODY_BYTES) -> Site:
+def make_site(router: Router, clock: IReactorTime, max_body: int = MAX_BODY_BYTES) -> QuotedSite:
     """The port's site: the router on QuotedChannel, with the body limit and the per-IP
     connection limit (``[server] max_connections_per_ip``, proxies in trusted_proxies aside)."""
     site = QuotedSite(router, timeout=HTTP_TIMEOUT, reactor=clock)

@@ -34,6 +34,7 @@ FAMILIES = {
     "quoted_active_symbols": "gauge",
     "quoted_broker_up": "gauge",
     "quoted_feed_leader": "gauge",
+    "quoted_config_reloads": "counter",
     "quoted_build_info": "gauge",
 }
 

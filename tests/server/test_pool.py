@@ -315,3 +315,23 @@ def test_stop_service_leaves_no_delayed_calls(w: World) -> None:
     w.clock.advance(IDLE * 2)  # no sweep any more
     assert [len(c.pings) for c in conns] == pings
     assert all(c.closes == [] for c in conns)
+
+
+# -- reload -------------------------------------------------------------------------------------
+
+
+def test_reconfigure_with_shorter_timeouts_keeps_connections_and_sweeps_by_the_new_ones(
+    w: World,
+) -> None:
+    w.start()
+    conn = w.add()
+    w.pool.reserve("u")
+    w.pool.reconfigure(ws_config(health_check_interval=2.0, idle_timeout=5.0, max_connections=1))
+    assert w.pool.sweep_step() == 0.2
+    assert w.pool.is_full()  # the count kept, the new limit applied
+    assert live(conn) in w.pool.connections
+    w.run(2.5)
+    assert conn.pings and conn.pings[0] <= T0 + 2.0 + 0.2 + 1e-9
+    w.run(5.0)  # pongs answer the pings, but nothing counts as traffic: idle after 5 s
+    at, _, reason = conn.closes[0]
+    assert reason == "idle timeout" and at <= T0 + 5.0 + 0.2 + 1e-9

@@ -101,6 +101,18 @@ class OscillatorService(Periodic):
         )
         super().startService()
 
+    def set_tick(self, interval: float, oscillation_percent: float, mode: str) -> None:
+        """``[feed] update_interval``, ``oscillation_percent`` and ``mode`` from now on (a
+        reload): a new interval restarts the loop, its next tick one interval from now."""
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        self._fraction = oscillation_percent
+        self._all = mode == MODE_ALL
+        self._mode = mode
+        if interval != self._interval:
+            self._interval = interval
+            self.set_step(interval)
+
     def _ticks(self, count: int) -> None:
         moved = self.tick()
         if self._on_tick is not None:
