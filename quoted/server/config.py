@@ -8,12 +8,12 @@ once in a :class:`ConfigError`, and returns a frozen :class:`Config`. Secrets (t
 secret, the Redis URL, the JWKS URL) are never shown in errors or reprs.
 
 ``python -m quoted.config [--dev] [--listen ENDPOINT] [PATH]`` checks a file and prints
-``ok`` (exit 0) or the problems (exit 2).
+``ok`` (exit 0) or the problems, one line each (exit 1, as a refused start): the checks
+of :mod:`quoted.server.checks` too.
 """
 
 from __future__ import annotations
 
-import argparse
 import configparser
 import difflib
 import os
@@ -523,24 +523,11 @@ def _unused(source: str, chosen: set[str], plugins: Mapping[str, object]) -> lis
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m quoted.config``: check a configuration as twistd would read it."""
-    parser = argparse.ArgumentParser(
-        prog="python -m quoted.config",
-        description="Check a quoted configuration file (and the environment) as twistd would.",
-    )
-    parser.add_argument("path", nargs="?", help=f"the file (default: {DEFAULT_CONFIG_PATH})")
-    parser.add_argument("--dev", action="store_true", help="allow no token key")
-    parser.add_argument("--listen", help="endpoint overriding [server] listen")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.path, dev=args.dev, listen=args.listen)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    print("ok")
-    return 0
+    """``python -m quoted.config``: quoted.server.checks.main, which runs this module's checks
+    and those that read the files the settings name, as the start does."""
+    from quoted.server.checks import main as check  # noqa: PLC0415 (checks imports this module)
+
+    return check(argv)
 
 
 if __name__ == "__main__":
