@@ -17,7 +17,7 @@ T0 = 1024.0
 INTERVAL = 10.0  # health_check_interval: the sweep runs every second
 IDLE = 60.0
 SEED = 7
-BASE = load_config(None, environ={"JWT_SECRET": "x" * 40}).websocket
+BASE = load_config(None, environ={"JWT_SECRET": "pool-test-secret-0123456789-abcdefgh"}).websocket
 
 
 def ws_config(**changes: object) -> WebSocketConfig:

@@ -132,6 +132,9 @@ async def test_an_outage_answers_this_instance_s_history_flagged_partial(
     await eventually(lambda: len(seen(client, "AAPL")[1]) >= 5, timeout=10)
     own_redis.kill()
     await eventually(lambda: not a.parts.bridge.up, timeout=5)
+    # the former leader may go on ticking its own prices for the rest of its lease: stop the
+    # feed, so the answer and this instance's history are read at the same point
+    await defer.maybeDeferred(a.parts.oscillator.stopService)
     body = await get(a, "symbol=AAPL&interval=tick&limit=2000")
     assert body["partial"] is True
     local = a.parts.history.rows("AAPL", "tick", 2000, None)
