@@ -7,9 +7,9 @@ and :func:`settings_table`. :func:`load_config` reads everything, reports every 
 once in a :class:`ConfigError`, and returns a frozen :class:`Config`. Secrets (the HMAC
 secret, the Redis URL, the JWKS URL) are never shown in errors or reprs.
 
-``python -m quoted.config [--dev] [--listen ENDPOINT] [PATH]`` checks a file and prints
-``ok`` (exit 0) or the problems, one line each (exit 1, as a refused start): the checks
-of :mod:`quoted.server.checks` too.
+``python -m quoted.config [--dev] [--listen ENDPOINT] [PATH]`` (quoted.server.checks.main)
+runs these checks and those of :mod:`quoted.server.checks`, and prints ``ok`` (exit 0) or the
+problems, one line each (exit 1, as a refused start).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import configparser
 import difflib
 import os
-import sys
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -520,15 +519,3 @@ def _unused(source: str, chosen: set[str], plugins: Mapping[str, object]) -> lis
         if name != source
     ]
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m quoted.config``: quoted.server.checks.main, which runs this module's checks
-    and those that read the files the settings name, as the start does."""
-    from quoted.server.checks import main as check  # noqa: PLC0415 (checks imports this module)
-
-    return check(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
