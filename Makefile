@@ -20,6 +20,9 @@ install: $(BIN)/python
 install-test: $(VENV)/.installed-test
 
 $(VENV)/.installed-test: $(BIN)/python setup.cfg pyproject.toml constraints.txt
+	@# the distribution was called quoted before 0.1.0 (quoted-server now): the editable
+	@# install's old metadata would still make a second, stale "quoted 1.0.0" distribution
+	rm -rf quoted.egg-info
 	$(BIN)/pip install -q -c constraints.txt --config-settings editable_mode=compat -e '.[test,dev]'
 	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; import twisted.plugins; list(getPlugins(IPlugin, twisted.plugins))"
 	touch $@

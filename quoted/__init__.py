@@ -5,4 +5,4 @@ quoted sends a snapshot of each quote, then RFC 6902 JSON Patch updates.
 Run it with ``twistd quoted``.
 """
 
-__version__ = "1.0.0"
+__version__ = "0.1.0"

@@ -2,7 +2,7 @@
 
 Every collector is registered on the CollectorRegistry given to :class:`Metrics`, never on the
 module-global default registry, so tests (and two servers in one process) do not clash. The
-families keep the meanings of the Go prototype's ``tickstream_*`` ones (README.md), except that
+families keep the meanings of the Go prototype's ``tickstream_*`` ones, except that
 ``write_stalls`` replaces ``write_timeouts`` and ``ticks_skipped`` is new.
 """
 
@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+
+from quoted import __version__
 
 FANOUT_LATENCY_BUCKETS: Final = (
     0.001,
@@ -41,6 +43,7 @@ class Metrics:
     __slots__ = (
         "active_symbols",
         "broker_up",
+        "build_info",
         "bytes_received",
         "bytes_sent",
         "conflated_updates",
@@ -75,6 +78,15 @@ class Metrics:
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
         r = registry
+
+        # The running release: one series, always 1 (join on it to label other series).
+        self.build_info = Gauge(
+            "quoted_build_info",
+            "Always 1; the label version is the running quoted's release (quoted.__version__).",
+            ["version"],
+            registry=r,
+        )
+        self.build_info.labels(version=__version__).set(1)
 
         # Connections.
         self.connections = Gauge("quoted_connections", "Open WebSocket connections.", registry=r)

@@ -17,6 +17,7 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
 
+from quoted import __version__
 from quoted.server import logs
 from quoted.server.app import build
 from quoted.server.checks import EXIT_REFUSED, load_and_check
@@ -49,6 +50,11 @@ class Options(usage.Options):
     optFlags = [
         ["dev", None, "development mode: a random token secret and a printed demo token"],
     ]
+
+    def opt_version(self) -> None:
+        """Print quoted's version and exit (``twistd --version`` prints Twisted's)."""
+        print(f"quoted {__version__}")
+        sys.exit(0)
 
 
 def http_base(listen: str) -> str:

@@ -34,6 +34,7 @@ FAMILIES = {
     "quoted_active_symbols": "gauge",
     "quoted_broker_up": "gauge",
     "quoted_feed_leader": "gauge",
+    "quoted_build_info": "gauge",
 }
 
 
@@ -112,3 +113,10 @@ def test_nothing_lands_on_the_global_registry() -> None:
 
     Metrics(CollectorRegistry())
     assert "quoted_" not in generate_latest(REGISTRY).decode()
+
+
+def test_build_info_names_the_running_version() -> None:
+    from quoted import __version__
+
+    text = exposition(Metrics(CollectorRegistry()).registry)
+    assert f'quoted_build_info{{version="{__version__}"}} 1.0\n' in text
