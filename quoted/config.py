@@ -3,8 +3,8 @@
 
 import sys
 
+from quoted.server.checks import main
 from quoted.server.config import *  # noqa: F403  (the old import path keeps its names)
-from quoted.server.config import main
 
 if __name__ == "__main__":
     sys.exit(main())

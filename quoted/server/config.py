@@ -7,17 +7,16 @@ and :func:`settings_table`. :func:`load_config` reads everything, reports every 
 once in a :class:`ConfigError`, and returns a frozen :class:`Config`. Secrets (the HMAC
 secret, the Redis URL, the JWKS URL) are never shown in errors or reprs.
 
-``python -m quoted.config [--dev] [--listen ENDPOINT] [PATH]`` checks a file and prints
-``ok`` (exit 0) or the problems (exit 2).
+``python -m quoted.config [--dev] [--listen ENDPOINT] [PATH]`` (quoted.server.checks.main)
+runs these checks and those of :mod:`quoted.server.checks`, and prints ``ok`` (exit 0) or the
+problems, one line each (exit 1, as a refused start).
 """
 
 from __future__ import annotations
 
-import argparse
 import configparser
 import difflib
 import os
-import sys
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -520,28 +519,3 @@ def _unused(source: str, chosen: set[str], plugins: Mapping[str, object]) -> lis
         if name != source
     ]
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m quoted.config``: check a configuration as twistd would read it."""
-    parser = argparse.ArgumentParser(
-        prog="python -m quoted.config",
-        description="Check a quoted configuration file (and the environment) as twistd would.",
-    )
-    parser.add_argument("path", nargs="?", help=f"the file (default: {DEFAULT_CONFIG_PATH})")
-    parser.add_argument("--dev", action="store_true", help="allow no token key")
-    parser.add_argument("--listen", help="endpoint overriding [server] listen")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.path, dev=args.dev, listen=args.listen)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    print("ok")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

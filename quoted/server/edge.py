@@ -25,15 +25,20 @@ What lives here:
 - **HTTP** (:func:`answer_bad_requests`, :func:`upgraded_protocol`, :func:`when_closed`):
   twisted.web's own 400s answered with our JSON; the per-IP connection count following a
   connection into the WebSocket that takes it over.
+- **Endpoint strings** (:func:`endpoint_arguments`): a server endpoint string split by
+  Twisted's own grammar and matched with the parameters of the parser Twisted hands it to,
+  without building the endpoint.
 """
 
 from __future__ import annotations
 
+import inspect
 import socket
 from typing import Any, Final
 
 from autobahn.websocket.protocol import TrafficStats
-from twisted.internet import abstract, tcp
+from twisted.internet import abstract, endpoints, tcp
+from twisted.internet.interfaces import IStreamServerEndpointStringParser
 from twisted.logger import Logger
 
 __all__ = [
@@ -48,6 +53,7 @@ __all__ = [
     "clear_exit_signal",
     "close_frame_payload",
     "direct_socket",
+    "endpoint_arguments",
     "fail_connection",
     "install_class_defaults",
     "negotiated_deflate",
@@ -387,3 +393,48 @@ def when_closed(proto: Any, callback: Any) -> None:
         return result
 
     proto.is_closed.addBoth(fire)
+
+
+# -- endpoint strings ---------------------------------------------------------------------------
+
+
+def endpoint_arguments(
+    description: str,
+) -> tuple[str, tuple[str, ...], dict[str, str], inspect.Signature]:
+    """A server endpoint string as Twisted reads it: its type, its positional and keyword
+    arguments (escapes undone), and the signature of the function Twisted passes them to,
+    without its first parameter (the factory or the reactor). ValueError for an unknown type.
+
+    ``serverFromString`` offers no way to check a string without building the endpoint, which
+    for ssl reads the key files, for systemd needs the descriptors systemd passes (absent
+    when ``python -m quoted.config`` runs), and reports a misspelt argument as a bare
+    ``TypeError``. So this uses three private names of twisted.internet.endpoints:
+    ``_parse`` (the grammar: ``:`` and ``=`` with ``\\`` escapes), ``_serverParsers``
+    (the argument lists of tcp, unix and ssl), and a plugin parser's ``_parseServer``
+    (tcp6, systemd) or ``_actualParseStreamServer`` (tls), where its public
+    ``parseStreamServer`` takes only ``*args, **kwargs``.
+    """
+    args, kw = endpoints._parse(description)
+    kind = str(args[0])
+    parser: Any = endpoints._serverParsers.get(kind)
+    if parser is None:
+        from twisted.plugin import getPlugins  # noqa: PLC0415 (a plugin scan, only when needed)
+
+        plugin = next(
+            (
+                p
+                for p in getPlugins(IStreamServerEndpointStringParser)
+                if p.prefix.lower() == kind.lower()
+            ),
+            None,
+        )
+        if plugin is None:
+            raise ValueError(f"unknown endpoint type {kind!r}")
+        parser = getattr(plugin, "_parseServer", None) or getattr(
+            plugin, "_actualParseStreamServer", plugin.parseStreamServer
+        )
+        signature = inspect.signature(parser)  # a bound method: no self
+    else:
+        signature = inspect.signature(parser)
+    params = list(signature.parameters.values())
+    return kind, tuple(args[1:]), dict(kw), signature.replace(parameters=params[1:])

@@ -4,20 +4,54 @@ Twisted's ``strports.service`` builds a ``StreamServerEndpointService`` that kee
 in a private attribute; this one is the same service (listen on start, a bind error raised from
 ``startService`` so twistd stops at once instead of running without a port, stop listening on
 stop) with the port as public state, for the tests and for what reports the address.
+
+A port that cannot be opened raises :class:`ListenError`, one line naming the setting and the
+address (``[server] listen: 127.0.0.1:8080 is in use``): twistd's start ends with it (quoted's
+root service, quoted.server.tap.LoggedRoot), no traceback.
 """
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["Listener"]
+__all__ = ["ListenError", "Listener", "listen_problem"]
+
+
+class ListenError(Exception):
+    """The port could not be opened; ``str()`` is the one line a refused start prints."""
+
+
+def listen_problem(setting: str, description: str, failure: Failure) -> str:
+    """The line saying why ``description`` could not listen: in use, not allowed, or the
+    error's own words."""
+    error = failure.value
+    if isinstance(error, CannotListenError):
+        host, port = error.interface, error.port
+        if host is None:  # a unix socket: the port is its path
+            where = str(port)
+        else:
+            host = host or "0.0.0.0"
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        code = getattr(error.socketError, "errno", None)
+        if code == errno.EADDRINUSE:
+            return f"{setting}: {where} is in use"
+        if code == errno.EACCES:
+            return (
+                f"{setting}: {where}: permission denied (a port below 1024 needs root or "
+                "CAP_NET_BIND_SERVICE)"
+            )
+        reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+        return f"{setting}: cannot listen on {where}: {reason}"
+    return f"{setting}: cannot listen on {description}: {failure.getErrorMessage()}"
 
 
 class Listener(Service):
@@ -25,8 +59,15 @@ class Listener(Service):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, description: str, factory: IProtocolFactory) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        description: str,
+        factory: IProtocolFactory,
+        setting: str = "[server] listen",
+    ) -> None:
         self._reactor = reactor
+        self.setting = setting
         self.description = description
         self.factory = factory
         self.port: IListeningPort | None = None
@@ -73,7 +114,7 @@ class Listener(Service):
         self._listen = d
         starting = False
         if failed_now:
-            failed_now[0].raiseException()
+            raise ListenError(listen_problem(self.setting, self.description, failed_now[0]))
 
     def startService(self) -> None:
         if self._listen is None:

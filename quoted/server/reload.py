@@ -36,6 +36,7 @@ from twisted.logger import Logger
 
 from quoted.server import logs
 from quoted.server.auth import TokenVerifier
+from quoted.server.checks import check_config
 from quoted.server.config import Config, ConfigError, load_config
 from quoted.server.instruments import Instrument, InstrumentError, load_instruments
 from quoted.server.jwks import KeySetService
@@ -164,6 +165,9 @@ class Reloader:
         parts = self.service.parts
         try:
             new = self._load(self.path, dev=self.dev, listen=self.listen)
+            problems = check_config(new)  # the start's and python -m quoted.config's checks
+            if problems:
+                return self._refused(problems)
             wanted = load_instruments(new.feed.instruments_file, new.feed.synthetic_symbols)
             for inst in wanted:
                 inst.validate()

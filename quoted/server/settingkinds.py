@@ -8,6 +8,7 @@ grammar itself is quoted.wire.durations, shared with the load generator.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import os
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from quoted.server.edge import endpoint_arguments
 from quoted.wire.durations import parse_duration
 
 MIN_SECRET_BYTES = 32
@@ -136,9 +138,30 @@ any_text = Kind(str, "any text")
     "such as tcp:8080:interface=127.0.0.1 or systemd:domain=INET:name=quoted-wss"
 )
 def endpoint(text: str) -> str:
+    """A server endpoint string whose type Twisted knows and whose every argument its parser
+    takes (a misspelt ``interfase=`` named); nothing is opened or read."""
     kind, sep, rest = text.partition(":")
     if kind not in ("tcp", "tcp6", "ssl", "unix", "systemd") or not sep or not rest:
         raise ValueError("not a server endpoint")
+    try:
+        _, args, kw, signature = endpoint_arguments(text)
+    except ValueError as e:
+        raise ValueError(f"not a server endpoint: {e}") from None
+    named = [
+        p.name
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty
+    ]
+    for key in kw:
+        if key not in signature.parameters:
+            close = difflib.get_close_matches(key, named, n=1)
+            hint = f"did you mean {close[0]}=? " if close else ""
+            takes = ", ".join(f"{name}=" for name in named)
+            raise ValueError(f"unknown argument {key}=; {hint}{kind} takes {takes or 'none'}")
+    try:
+        signature.bind(*args, **kw)
+    except TypeError as e:  # a missing port, one too many, a value given twice
+        raise ValueError(f"{kind}: {e}") from None
     port = rest.split(":", 1)[0]
     positional_port = kind in ("tcp", "tcp6", "ssl") and "=" not in port
     if positional_port and (not port.isdigit() or int(port) > 65535):

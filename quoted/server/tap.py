@@ -9,7 +9,8 @@ from __future__ import annotations
 import secrets
 import signal
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import IO, Any, NoReturn
 
 from twisted.application.service import IService, MultiService
 from twisted.logger import ILogObserver, Logger
@@ -19,9 +20,11 @@ from twisted.python.components import Componentized
 from quoted import __version__
 from quoted.server import logs, reload
 from quoted.server.app import build
-from quoted.server.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from quoted.server.checks import EXIT_REFUSED, load_and_check
+from quoted.server.config import DEFAULT_CONFIG_PATH
 from quoted.server.edge import clear_exit_signal
 from quoted.server.instruments import InstrumentError
+from quoted.server.listener import Listener, ListenError
 from quoted.wire.tokens import mint_token
 
 DEMO_TTL = 24 * 3600
@@ -93,6 +96,16 @@ def dev_banner(secret: bytes, listen: str, now: float, publish: bool = False) ->
     )
 
 
+def refuse(lines: Sequence[str], stderr: IO[str] | None = None) -> NoReturn:
+    """End a start that cannot succeed: each line on stderr (the terminal's or journald's, not
+    the log), exit status 1 (EXIT_REFUSED), no traceback."""
+    out = sys.stderr if stderr is None else stderr
+    for line in lines:
+        out.write(f"{line}\n")
+    out.flush()
+    raise SystemExit(EXIT_REFUSED)
+
+
 class LoggedRoot(MultiService):
     """The service twistd runs: quoted's, under a root that makes twistd log through quoted's
     observer (redaction, control characters escaped, ``[log]`` level and format) when it is
@@ -101,11 +114,16 @@ class LoggedRoot(MultiService):
     twistd consults its application's ``ILogObserver`` component when no ``--logger`` is
     given (twisted.application.app.AppLogger.start, the way a .tac file customises logging);
     a plugin never sees the application, but its service is given it as its parent.
+
+    twistd opens the port in ``privilegedStartService``, after its logging has begun and
+    before the reactor runs; a port that cannot be opened (:class:`ListenError`) ends the
+    start there with its one line on the stderr twistd was started with.
     """
 
     def __init__(self, service: IService, observer: ILogObserver | None) -> None:
         super().__init__()
         self.observer = observer
+        self.stderr = sys.stderr  # before twistd's logging replaces sys.stderr
         service.setServiceParent(self)
 
     def setServiceParent(self, parent: Any) -> None:
@@ -116,6 +134,12 @@ class LoggedRoot(MultiService):
         ):
             parent.setComponent(ILogObserver, self.observer)
         super().setServiceParent(parent)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            refuse([str(e)], self.stderr)
 
 
 def twistd_options(options: Any) -> dict[str, Any]:
@@ -128,10 +152,11 @@ def twistd_options(options: Any) -> dict[str, Any]:
 def makeService(options: dict[str, Any]) -> IService:
     from twisted.internet import reactor  # noqa: PLC0415 (the one place that touches the global reactor)
 
-    try:
-        config = load_config(options["config"], dev=bool(options["dev"]), listen=options["listen"])
-    except ConfigError as e:
-        raise SystemExit(f"quoted: configuration error:\n{e}") from None
+    config, problems = load_and_check(
+        options["config"], dev=bool(options["dev"]), listen=options["listen"]
+    )
+    if problems or config is None:  # the lines of python -m quoted.config, and its status
+        refuse(problems)
     logs.configure(config.log)
     twistd = twistd_options(options)
     if twistd.get("syslog") and not twistd.get("logger"):
@@ -150,11 +175,6 @@ def makeService(options: dict[str, Any]) -> IService:
     auth = config.auth
     if config.dev and auth.secret is None and not auth.public_key_file and not auth.jwks_url:
         secret = secrets.token_bytes(32)
-        # straight to the terminal, before twistd's logging begins: never into the logs
-        publish = config.feed.source == "publish"
-        banner = dev_banner(secret, config.server.listen, reactor.seconds(), publish)
-        sys.stdout.write(banner)
-        sys.stdout.flush()
     # twistd re-raises the signal that stopped it, so a clean SIGTERM would end
     # the process "killed by signal 15"; after an orderly drain we exit 0
     reactor.addSystemEventTrigger("after", "shutdown", clear_exit_signal, reactor)
@@ -166,7 +186,7 @@ def makeService(options: dict[str, Any]) -> IService:
     try:
         service = build(config, reactor, secret=secret)
     except (InstrumentError, ValueError, OSError) as e:
-        raise SystemExit(f"quoted: {e}") from None
+        refuse([str(e)])
     # SIGHUP: read the same file again, apply what can change live (quoted.server.reload)
     reload.install(
         reactor,
@@ -180,4 +200,21 @@ def makeService(options: dict[str, Any]) -> IService:
             secret=secret,
         ),
     )
+    if secret is not None:
+        # once the port listens (a start that fails prints no token for nothing), straight
+        # to the terminal twistd was started from (sys.stdout now: later, twistd's logging
+        # replaces it), never into the logs
+        terminal = sys.stdout
+        publish = config.feed.source == "publish"
+        listen = config.server.listen
+
+        key = secret
+
+        def show(port: object) -> None:
+            terminal.write(dev_banner(key, listen, reactor.seconds(), publish))
+            terminal.flush()
+
+        listener = service.getServiceNamed("listener")
+        assert isinstance(listener, Listener)
+        listener.listening().addCallbacks(show, lambda failure: None)  # its own line: above
     return LoggedRoot(service, observer)

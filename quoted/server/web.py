@@ -123,6 +123,15 @@ class Router(Resource):
         self.routes.update(static_routes())  # the browser board: / and /static/...
 
     def render(self, request: Request) -> bytes | int:
+        body = self.dispatch(request)
+        if request.method == b"HEAD" and isinstance(body, bytes) and body:
+            # the length of the GET's body, and no body: twisted.web would eat it too, but log
+            # a warning for each (every load balancer probe)
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return b""
+        return body
+
+    def dispatch(self, request: Request) -> bytes | int:
         try:
             if len(request.uri) > MAX_URL_BYTES:
                 raise HTTPError(

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from quoted.server import config
+from quoted.server import checks, config
 from quoted.server.config import (
     AuthConfig,
     Config,
@@ -723,7 +723,7 @@ def test_module_check_ok(files: dict[str, str]) -> None:
 def test_module_check_errors(tmp_path: Path) -> None:
     path = write_conf(tmp_path, "[websocket]\nmax_connections = abc\nmax_symbol = 1\n")
     done = run_check("--dev", path)
-    assert done.returncode == 2
+    assert done.returncode == 1  # a refused start's status
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
         "[websocket] max_symbol: unknown key; did you mean max_symbols? accepted: "
@@ -733,14 +733,14 @@ def test_module_check_errors(tmp_path: Path) -> None:
         "[websocket] max_connections = 'abc': not an integer; accepted: 1 to 1000000",
     ]
     done = run_check(str(SHIPPED_CONF))  # no key, no --dev
-    assert done.returncode == 2
+    assert done.returncode == 1
     assert "no token key is configured" in done.stderr
 
 
 def test_main_in_process(capsys: pytest.CaptureFixture[str]) -> None:
-    assert config.main(["--dev", "--listen", "tcp:0", str(SHIPPED_CONF)]) == 0
+    assert checks.main(["--dev", "--listen", "tcp:0", str(SHIPPED_CONF)]) == 0
     assert capsys.readouterr().out == "ok\n"
-    assert config.main(["--dev", "--listen", "nope", str(SHIPPED_CONF)]) == 2
+    assert checks.main(["--dev", "--listen", "nope", str(SHIPPED_CONF)]) == 1
     assert "(from --listen)" in capsys.readouterr().err
 
 
@@ -780,7 +780,7 @@ def test_an_unknown_source_names_the_accepted_and_installed_ones() -> None:
 def test_the_checker_prints_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "q.conf"
     path.write_text("[feed]\nsource = publish\nupdate_interval = 1s\n")
-    assert config.main(["--dev", str(path)]) == 0
+    assert checks.main(["--dev", str(path)]) == 0
     out = capsys.readouterr()
     assert out.out == "ok\n"
     assert out.err.startswith("warning: [feed] update_interval: set, but only")

@@ -449,3 +449,45 @@ def test_when_closed_fires_once_however_the_connection_ends(how: str) -> None:
         proto.dropConnection(abort=True)
     proto.connectionLost(Failure(ConnectionDone()))
     assert fired == [1]
+
+
+# -- endpoint strings ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("description", "kind", "names"),
+    [
+        ("tcp:8080:interface=127.0.0.1", "tcp", ["port", "interface", "backlog"]),
+        ("tcp6:8080", "tcp6", ["port", "backlog", "interface"]),
+        ("unix:/run/q.sock", "unix", ["address", "mode", "backlog", "lockfile"]),
+        ("ssl:8443:privateKey=k.pem", "ssl", ["port", "privateKey", "certKey", "sslmethod"]),
+        ("systemd:domain=INET:name=quoted", "systemd", ["domain", "index", "name"]),
+    ],
+)
+def test_endpoint_arguments_match_what_twisted_accepts(
+    description: str, kind: str, names: list[str]
+) -> None:
+    got, _, _, signature = edge.endpoint_arguments(description)
+    assert got == kind
+    assert names == [n for n in signature.parameters if n in names]
+
+
+def test_endpoint_arguments_undo_escapes_as_twisted_does() -> None:
+    _, args, kw, _ = edge.endpoint_arguments(r"ssl:8443:privateKey=/etc/a\:b.pem")
+    assert (args, kw) == (("8443",), {"privateKey": "/etc/a:b.pem"})
+
+
+def test_a_misspelt_argument_is_what_serverfromstring_refuses() -> None:
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    _, _, kw, signature = edge.endpoint_arguments("tcp:0:interfase=127.0.0.1")
+    assert "interfase" in kw and "interfase" not in signature.parameters
+    with pytest.raises(TypeError, match="interfase"):
+        serverFromString(MemoryReactor(), "tcp:0:interfase=127.0.0.1")
+    serverFromString(MemoryReactor(), "tcp:0:interface=127.0.0.1:backlog=5")  # the right names
+
+
+def test_an_unknown_endpoint_type_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="unknown endpoint type"):
+        edge.endpoint_arguments("udp:53")

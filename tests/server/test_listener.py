@@ -10,7 +10,7 @@ import pytest_twisted
 from twisted.internet import protocol, reactor
 from twisted.internet.error import CannotListenError
 
-from quoted.server.listener import Listener
+from quoted.server.listener import Listener, ListenError
 
 
 def factory() -> protocol.Factory:
@@ -47,7 +47,7 @@ async def test_a_port_in_use_raises_from_start_service() -> None:
     number = (await first.listening()).getHost().port
     second = Listener(reactor, f"tcp:{number}:interface=127.0.0.1", factory())
     waiting = second.listening()
-    with pytest.raises(CannotListenError):
+    with pytest.raises(ListenError, match=rf"^\[server\] listen: 127.0.0.1:{number} is in use$"):
         second.startService()
     with pytest.raises(CannotListenError):
         await waiting

@@ -33,6 +33,8 @@ class IFeedMaker(Interface):
         values, as strings), writing into ``sink`` (``sink.publish(items, *, symbols=None)
         -> Deferred[PublishResult]``) on ``reactor``. A bad option raises
         :class:`FeedOptionError`; quoted then refuses to start, naming ``[feed:NAME] key``.
+        It only builds: ``python -m quoted.config`` calls it to check the options, with a sink
+        that refuses every publish and a reactor that runs nothing, and never starts the service.
         """
 
 
