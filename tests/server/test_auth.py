@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
@@ -727,7 +727,7 @@ _token_shapes = (
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_token_shapes)
 def test_any_token_shape_raises_only_token_error(token: str) -> None:
     verifier = hmac_verifier()
@@ -744,7 +744,7 @@ def test_any_token_shape_raises_only_token_error(token: str) -> None:
         assert isinstance(f.value, TokenError)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_token_shapes)
 def test_any_token_shape_with_a_signature_raises_only_token_error(token: str) -> None:
     # the header and claims as drawn, signed for real: only the claims decide
