@@ -255,6 +255,8 @@ class Reloader:
             peers.trusted = new.server.trusted_proxies
         if parts.publish is not None:
             parts.publish.max_items = new.publish.max_items
+        # how far ahead a published item's time may be: [auth] leeway, as at start (app.build)
+        parts.sink.future_ms = int(new.auth.leeway * 1000)
         if parts.oscillator is not None and live.intersection(_SIMULATOR):
             f = new.feed
             parts.oscillator.set_tick(f.update_interval, f.oscillation_percent, f.mode)

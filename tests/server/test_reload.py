@@ -175,10 +175,12 @@ def test_limits_apply_to_the_running_parts(events: Events) -> None:
             "shutdown_timeout": 1.0,
         },
         publish={"max_body": 4096},
+        auth={"leeway": 5.0},
     )
     r = reloader(service, old, reactor, new)
     assert r.reload() == "applied"
     parts = service.parts
+    assert parts.sink.future_ms == 5000  # a published item's time: at most the new leeway ahead
     assert parts.factory.config.max_symbols == 3
     assert parts.gate is not None and parts.gate.config.max_symbols == 3
     assert parts.gate.server.allowed_origins == ("https://a.example",)

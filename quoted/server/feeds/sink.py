@@ -121,7 +121,7 @@ class FeedSink:
         self._publish = publish
         self._clock = clock
         self._metrics = metrics
-        self._future_ms = future_ms
+        self.future_ms = future_ms
         self._shared = shared
         # the entries a feed has set since start: the order check starts with the first
         # (the quote every instrument starts with is no tick of a feed)
@@ -159,7 +159,7 @@ class FeedSink:
                 tick = parse_item(
                     item,
                     receipt_ms=receipt_ms,
-                    future_ms=self._future_ms,
+                    future_ms=self.future_ms,
                     known=known,
                     entitled=entitled,
                 )
