@@ -8,9 +8,14 @@ no-store``, ``WWW-Authenticate`` on 401 and ``Retry-After`` on 429 and 503.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from http import HTTPStatus
+from typing import Any
 
-from twisted.web.server import Request
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET, Request
 
 from quoted.server.auth import TokenError
 
@@ -110,3 +115,40 @@ def server_full() -> HTTPError:
 
 def not_websocket(why: str) -> HTTPError:
     return HTTPError(400, "not_websocket", f"the request is not a WebSocket upgrade: {why}")
+
+
+_log = Logger()
+
+
+def answer_later(
+    request: Request,
+    d: Deferred[Any],
+    ok: Callable[[Any], bytes],
+    failed: Callable[[Failure], bytes],
+) -> bytes | int:
+    """A route's answer to a Deferred: the body now if ``d`` has fired (``ok(result)`` or
+    ``failed(failure)``), else NOT_DONE_YET and the body written when it fires, unless the
+    client has gone. A body function that raises is logged and answered 500."""
+    state: dict[str, Any] = {}
+
+    def settle(result: object) -> None:
+        try:
+            body = failed(result) if isinstance(result, Failure) else ok(result)
+        except Exception:
+            _log.failure("answer failed", log_id="quoted.http.answer_failed")
+            body = HTTPError(500, "internal_error", "the server failed; retry later").render(
+                request
+            )
+        if "waiting" not in state:
+            state["body"] = body
+        elif "gone" not in state:
+            request.write(body)
+            request.finish()
+
+    d.addBoth(settle)
+    if "body" in state:
+        body: bytes = state["body"]
+        return body
+    state["waiting"] = True
+    request.notifyFinish().addErrback(lambda _: state.setdefault("gone", True))
+    return NOT_DONE_YET

@@ -11,14 +11,13 @@ when the shared order cannot be reached.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from quoted.server.auth import Claims
-from quoted.server.errors import RETRY_AFTER, HTTPError
+from quoted.server.errors import RETRY_AFTER, HTTPError, answer_later
 from quoted.server.feeds.sink import BrokerUnavailable, FeedSink, PublishResult
 
 __all__ = ["PUBLISH_SCOPE", "PublishRoute", "read_items"]
@@ -87,31 +86,20 @@ class PublishRoute:
         body = request.content.getvalue() if request.content is not None else b""
         media = content_type.decode("latin-1") if content_type else None
         items = read_items(body, media, self.max_items)
-        state: dict[str, Any] = {}
 
-        def answer(result: PublishResult | Failure) -> None:
-            if isinstance(result, Failure):
-                if result.check(BrokerUnavailable):
-                    reply = broker_unavailable().render(request)
-                else:
-                    _log.failure("publish failed", result, log_id="quoted.publish.failed")
-                    error = HTTPError(500, "internal_error", "the server failed; retry later")
-                    reply = error.render(request)
-            else:
-                request.setResponseCode(200)
-                request.setHeader(b"Content-Type", b"application/json")
-                request.setHeader(b"Cache-Control", b"no-store")
-                reply = json.dumps(result.as_json(), separators=(",", ":")).encode() + b"\n"
-            if "waiting" not in state:
-                state["reply"] = reply
-            elif "gone" not in state:
-                request.write(reply)
-                request.finish()
+        def failed(failure: Failure) -> bytes:
+            if failure.check(BrokerUnavailable):
+                return broker_unavailable().render(request)
+            _log.failure("publish failed", failure, log_id="quoted.publish.failed")
+            return HTTPError(500, "internal_error", "the server failed; retry later").render(
+                request
+            )
 
-        self.sink.publish(items, symbols=claims.symbols).addBoth(answer)
-        if "reply" in state:
-            reply: bytes = state["reply"]
-            return reply
-        state["waiting"] = True
-        request.notifyFinish().addErrback(lambda _: state.setdefault("gone", True))
-        return NOT_DONE_YET
+        def accepted(result: PublishResult) -> bytes:
+            request.setResponseCode(200)
+            request.setHeader(b"Content-Type", b"application/json")
+            request.setHeader(b"Cache-Control", b"no-store")
+            return json.dumps(result.as_json(), separators=(",", ":")).encode() + b"\n"
+
+        d = self.sink.publish(items, symbols=claims.symbols)
+        return answer_later(request, d, accepted, failed)

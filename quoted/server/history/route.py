@@ -17,16 +17,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from quoted.server.auth import Claims
-from quoted.server.errors import HTTPError
+from quoted.server.errors import HTTPError, answer_later
 from quoted.server.feeds.items import parse_time
 from quoted.server.history.store import ACCEPTED, TICK, Bounds, HistoryStore, Row
 from quoted.server.store import Entry, QuoteStore, format_number, format_time_ms
@@ -171,7 +171,9 @@ class HistoryRoute:
             return self._local(q, partial=True)
         d = shared.rows(q.entry.symbol, q.interval, q.limit, q.since_ms)
         d.addTimeout(self.timeout, self.clock)
-        return _later(request, d, lambda rows: render(q.entry, q.interval, rows), self._fallback(q))
+        return answer_later(
+            request, d, lambda rows: render(q.entry, q.interval, rows), self._fallback(q)
+        )
 
     def _local(self, q: Query, *, partial: bool) -> bytes:
         rows = self.history.rows(q.entry.symbol, q.interval, q.limit, q.since_ms)
@@ -187,35 +189,3 @@ class HistoryRoute:
             return self._local(q, partial=True)
 
         return answer
-
-
-def _later(
-    request: Request,
-    d: Deferred[Any],
-    ok: Callable[[Any], bytes],
-    failed: Callable[[Failure], bytes],
-) -> bytes | int:
-    """The body now if ``d`` has fired, else NOT_DONE_YET and the body written when it does
-    (unless the client has gone)."""
-    state: dict[str, Any] = {}
-
-    def settle(result: object) -> None:
-        try:
-            body = failed(result) if isinstance(result, Failure) else ok(result)
-        except Exception:
-            _log.failure("history answer failed", log_id="quoted.history.failed")
-            error = HTTPError(500, "internal_error", "the server failed; retry later")
-            body = error.render(request)
-        if "waiting" not in state:
-            state["body"] = body
-        elif "gone" not in state:
-            request.write(body)
-            request.finish()
-
-    d.addBoth(settle)
-    if "body" in state:
-        body: bytes = state["body"]
-        return body
-    state["waiting"] = True
-    request.notifyFinish().addErrback(lambda _: state.setdefault("gone", True))
-    return NOT_DONE_YET
