@@ -16,7 +16,14 @@ publisher in another process, stopping before this run's check: a publisher shar
 process with thousands of subscribers posts late when their messages keep the process
 busy).
 At the end, every document is compared with GET /v1/quotes, symbol by symbol, where
-last_updated is the same in both. With --json the last line of stdout is the summary.
+last_updated is the same in both.
+With --url wss://host:port every connection, and every REST call (over https), is TLS
+(quoted.loadgen.tls): the certificate checked against --ca (PEM) or the system's trust
+store, for --server-name (default the URL's host, also sent as SNI); --resume reconnects
+with the previous connection's TLS session. --storm-at 20s closes every normal connection
+20 s into the window (a clean close 1000, with --storm-drop a TCP reset) and reconnects them
+all at once (quoted.loadgen.storm); a fresh connection starts a fresh document at seq 1.
+With --json the last line of stdout is the summary.
 Exit status: 0 when the run completed (failures are in the numbers), 1 when the server
 could not be reached at the start, 2 on a bad command line. Ctrl-C ends the load early
 and still checks and reports; a second Ctrl-C kills the process.
@@ -30,12 +37,14 @@ import json
 import resource
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, task
 
 from quoted.loadgen.run import Options, Runner, Unreachable, run
+from quoted.loadgen.tls import load_trust
 from quoted.wire import durations
 
 __all__ = ["Options", "Unreachable", "build_parser", "main", "parse_args", "run"]
@@ -90,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="quoted-load", description="Load generator and conformance check for quoted."
     )
     a = p.add_argument
-    a("--url", default="ws://127.0.0.1:8080", help="ws://host:port of the server")
+    a("--url", default="ws://127.0.0.1:8080", help="ws://host:port or wss://host:port")
     auth = p.add_mutually_exclusive_group(required=True)
     auth.add_argument("--secret", help="HS256 secret: mint a token per connection (sub load-N)")
     auth.add_argument("--token", help="one token for every connection")
@@ -111,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--publish-symbols", type=_positive_int, default=50, help="symbols per post (default 50)")
     a("--publish-token", help="the publisher's token (default: minted from --secret)")
     a("--catch-up", action="store_true", help="wait for quiet before the final check")
+    a("--ca", help="wss: PEM certificate(s) to trust (default: the system's trust store)")
+    a("--server-name", help="wss: the name to verify and send as SNI (default: the URL's host)")
+    a("--resume", action="store_true", help="wss: reconnect with the last TLS session")
+    a("--storm-at", type=parse_duration, default=None, help="reconnect every connection then")
+    a("--storm-drop", action="store_true", help="the storm resets TCP instead of closing")
     return p
 
 
@@ -119,14 +133,29 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p = build_parser()
     ns = p.parse_args(argv)
     u = urlsplit(ns.url)
-    if u.scheme != "ws":
-        p.error(f"--url: the scheme must be ws:// (wss is not supported), got {ns.url!r}")
+    if u.scheme not in ("ws", "wss"):
+        p.error(f"--url: the scheme must be ws:// or wss://, got {ns.url!r}")
+    tls = u.scheme == "wss"
     try:
-        host, port = u.hostname, u.port or 80
+        host, port = u.hostname, u.port or (443 if tls else 80)
     except ValueError as e:
         p.error(f"--url: {e}")
     if not host or u.path.rstrip("/") not in ("", "/ws/quotes") or u.query:
-        p.error(f"--url: want ws://host:port, got {ns.url!r}")
+        p.error(f"--url: want ws://host:port or wss://host:port, got {ns.url!r}")
+    wss_only = (("--ca", ns.ca), ("--server-name", ns.server_name), ("--resume", ns.resume))
+    for name, given in wss_only:
+        if given and not tls:
+            p.error(f"{name} needs a wss:// --url, got {ns.url!r}")
+    if ns.ca:
+        try:
+            load_trust(ns.ca)
+        except (OSError, ValueError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+            p.error(f"--ca {ns.ca}: {reason}")
+    if ns.storm_at is not None and not 0 < ns.storm_at < ns.duration:
+        p.error("--storm-at must be above 0 and before the end of --duration")
+    if ns.storm_drop and ns.storm_at is None:
+        p.error("--storm-drop needs --storm-at")
     if ns.rate < 0 or ns.duration <= 0 or ns.timeout <= 0:
         p.error("--rate must not be negative; --duration and --timeout must be above 0")
     if ns.symbols_per_conn > ns.symbols_pool:
@@ -162,6 +191,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
         publish_symbols=ns.publish_symbols,
         publish_token=ns.publish_token or "",
         catch_up=ns.catch_up,
+        tls=tls,
+        ca=str(Path(ns.ca).resolve()) if ns.ca else "",
+        server_name=ns.server_name or "",
+        resume=ns.resume,
+        storm_at=ns.storm_at,
+        storm_drop=ns.storm_drop,
     )
 
 
@@ -188,7 +223,25 @@ def format_summary(s: dict[str, Any]) -> str:
             f"churn        opened {s['churn']['opened']}  closed {s['churn']['closed']}",
             f"own CPU      {s['cpu_s']}s over {s['elapsed_s']}s",
             *([format_publish(s["publish"])] if s.get("publish") else []),
+            *([format_tls(s["tls"])] if s.get("tls") else []),
+            *([format_storm(s["storm"])] if s.get("storm") else []),
         ]
+    )
+
+
+def format_tls(t: dict[str, Any]) -> str:
+    return (
+        f"tls          {t['version']} {t['cipher']}  handshakes full {t['full']}"
+        f"  resumed {t['resumed']}"
+    )
+
+
+def format_storm(st: dict[str, Any]) -> str:
+    return (
+        f"storm        {st['clients']} clients  back {st['back']}  failed {st['failed']}"
+        + (f" {st['failed_by']}" if st["failed_by"] else "")
+        + f"  all back in {st['all_back_s']}s  back p50 {st['back_p50_ms']}ms"
+        f" p99 {st['back_p99_ms']}ms  resumed {st['resumed']}"
     )
 
 

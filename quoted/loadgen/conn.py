@@ -11,6 +11,10 @@ its document with a fast path for the operations quoted sends, checks ``seq``,
 and on a sample applies the same patch with ``jsonpatch`` to compare. Counters go
 to one shared :class:`Stats`; latencies are counted per millisecond in a dict and
 folded into the HdrHistogram once a second by the runner.
+Over wss the transport is Twisted's TLS around the TCP one (quoted.loadgen.tls): the
+connection counts its handshake when TLS tells it (IHandshakeListener) and, to resume on
+its next connection, keeps the TLS session once its snapshot arrived (a TLS 1.3 ticket
+comes after the handshake).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import hashlib
 import json
 import os
 import socket
+import struct
 import time
 import zlib
 from collections import Counter, deque
@@ -28,9 +33,10 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 import jsonpatch
-from twisted.internet.interfaces import IConnector, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IConnector, IDelayedCall, IHandshakeListener, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from quoted.wire.closecodes import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CLOSE_NORMAL
 from quoted.wire.frames import (
@@ -50,6 +56,7 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HEAD = 64 * 1024
 SAMPLE_EVERY = 500  # one message in this many is also applied with jsonpatch
 SLOW_RCVBUF = 4096  # a slow connection's receive buffer, so the server notices it soon
+LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a RST
 
 # connection states
 HANDSHAKE, REJECTED, OPEN, CLOSING, CLOSED = range(5)
@@ -151,7 +158,19 @@ class Hooks(TypingProtocol):
 
     def closed(self, conn: LoadConnection, code: int, by_us: bool) -> None: ...
 
+    def snapshot(self, conn: LoadConnection) -> None:
+        """The connection's first quotes_patch (seq 1) was applied."""
 
+
+class TLSCounter(TypingProtocol):
+    """What a wss connection tells about its handshake (quoted.loadgen.tls.ClientTLS)."""
+
+    resume: bool
+
+    def handshake(self, connection: Any) -> bool: ...
+
+
+@implementer(IHandshakeListener)
 class LoadConnection(Protocol):
     """One client WebSocket: handshake, frames, document, seq and latency."""
 
@@ -176,11 +195,14 @@ class LoadConnection(Protocol):
         "reader",
         "record",
         "request",
+        "resumed",
         "seq",
+        "session",
         "slow",
         "state",
         "stats",
         "symbols",
+        "tls",
     )
 
     def __init__(
@@ -194,10 +216,13 @@ class LoadConnection(Protocol):
         *,
         compress: bool = False,
         slow: bool = False,
+        tls: TLSCounter | None = None,
     ) -> None:
         self.index, self.symbols, self.request = index, symbols, request
         self.stats, self.hooks, self.clock = stats, hooks, clock
-        self.compress, self.slow = compress, slow
+        self.compress, self.slow, self.tls = compress, slow, tls
+        self.resumed = False  # the TLS handshake resumed a session
+        self.session: Any = None  # the TLS session to resume with next time (wss, resume)
         self.state = HANDSHAKE
         self.record = True  # count messages and latency
         self.doc: dict[str, Any] = {}
@@ -224,8 +249,21 @@ class LoadConnection(Protocol):
     def connectionMade(self) -> None:
         self._tcp = self.transport
         if self.slow:
-            self._tcp.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RCVBUF)
-        self._tcp.write(self.request)
+            self.socket().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RCVBUF)
+        self._tcp.write(self.request)  # over TLS: sent once the handshake is done
+
+    def socket(self) -> socket.socket:
+        """The TCP socket (under the TLS transport's, over wss)."""
+        t = self._tcp
+        if getattr(t, "wrappedProtocol", None) is self:  # TLSMemoryBIOProtocol
+            t = t.transport
+        sock: socket.socket = t.getHandle()
+        return sock
+
+    def handshakeCompleted(self) -> None:
+        """TLS's handshake finished (IHandshakeListener; wss only)."""
+        if self.tls is not None:
+            self.resumed = self.tls.handshake(self._tcp.getHandle())
 
     def dataReceived(self, data: bytes) -> None:
         if self.state in (OPEN, CLOSING):
@@ -365,6 +403,10 @@ class LoadConnection(Protocol):
         if seq != self.seq + 1:
             stats.seq_gaps += 1
         self.seq = seq
+        if seq == 1:
+            if self.tls is not None and self.tls.resume:
+                self.session = self._tcp.getHandle().get_session()
+            self.hooks.snapshot(self)
         ops = msg["operations"]
         stats.sample += 1
         expected = None
@@ -411,6 +453,13 @@ class LoadConnection(Protocol):
             self._tcp.write(client_frame(OP_CLOSE, code.to_bytes(2, "big")))
             if self.slow:
                 self._tcp.resumeProducing()
+
+    def drop(self) -> None:
+        """End the connection with a TCP reset (SO_LINGER 0), as a crashed client would."""
+        if self._tcp is not None and self.state != CLOSED:
+            self.by_us = True
+            self.socket().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+            self._tcp.abortConnection()
 
     def abort(self) -> None:
         if self._tcp is not None and self.state != CLOSED:

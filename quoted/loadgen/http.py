@@ -11,6 +11,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS
 
 __all__ = ["Body", "http_get"]
 
@@ -38,9 +39,16 @@ class Body(Protocol):
             self.done.errback(reason)
 
 
-async def http_get(reactor: Any, url: str, token: str, timeout: float) -> tuple[int, bytes]:
-    """One GET with the token; (status, body). Connection errors and timeouts propagate."""
-    agent = Agent(reactor, connectTimeout=timeout)
+async def http_get(
+    reactor: Any, url: str, token: str, timeout: float, tls: IPolicyForHTTPS | None = None
+) -> tuple[int, bytes]:
+    """One GET with the token; (status, body); an https URL is checked by ``tls`` (the run's
+    policy, see quoted.loadgen.tls). Connection errors and timeouts propagate."""
+    agent = (
+        Agent(reactor, connectTimeout=timeout)
+        if tls is None
+        else Agent(reactor, contextFactory=tls, connectTimeout=timeout)
+    )
     headers = Headers({b"Authorization": [f"Bearer {token}".encode()]})
     d = agent.request(b"GET", url.encode("ascii"), headers)
     d.addTimeout(timeout, reactor)

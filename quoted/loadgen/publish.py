@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IConsumer
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
 from quoted.loadgen.http import Body
@@ -101,6 +101,7 @@ class Publisher:
         timeout: float,
         rng: random.Random,
         max_in_flight: int = MAX_IN_FLIGHT,
+        tls: IPolicyForHTTPS | None = None,
     ) -> None:
         if not pool:
             raise ValueError("publisher: no symbols to publish")
@@ -121,7 +122,11 @@ class Publisher:
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = max_in_flight
         self.pool.retryAutomatically = False  # a post is not idempotent: never sent twice
-        self.agent = Agent(reactor, connectTimeout=timeout, pool=self.pool)
+        self.agent = (
+            Agent(reactor, connectTimeout=timeout, pool=self.pool)
+            if tls is None  # https with --ca and --server-name: the run's policy
+            else Agent(reactor, contextFactory=tls, connectTimeout=timeout, pool=self.pool)
+        )
         self.next_post = 0
         self.in_flight: set[defer.Deferred[None]] = set()
         self.posts = self.items = self.accepted = self.skipped = 0

@@ -12,15 +12,16 @@ the server sent, since a load generator on one core falls behind a server fannin
 post to thousands and its documents would otherwise lag REST (inconclusive, not verified).
 ``catch_up`` asks for the same wait without a publisher of its own (one in another
 process, whose posts end before this run's check), and ``conns = 0`` makes a run that only
-publishes.
+publishes. Over wss (``tls``) every connection and REST call goes through one
+:class:`~quoted.loadgen.tls.ClientTLS`; ``storm_at`` starts a reconnect storm
+(quoted.loadgen.storm) that moment into the window, and the run's check waits until every
+storm client is back or failed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
-import resource
 import sys
 from collections import Counter, deque
 from typing import Any, TextIO
@@ -30,6 +31,7 @@ from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTCP
 
+from quoted.loadgen.check import DocumentCheck
 from quoted.loadgen.conn import (
     CLOSED,
     OPEN,
@@ -40,56 +42,20 @@ from quoted.loadgen.conn import (
     upgrade_request,
 )
 from quoted.loadgen.http import http_get
+from quoted.loadgen.options import Options, Unreachable, cpu_seconds
 from quoted.loadgen.publish import PUBLISH_SCOPE, Publisher
+from quoted.loadgen.storm import Storm
+from quoted.loadgen.tls import ClientTLS
 from quoted.wire.closecodes import CLOSE_NORMAL
 from quoted.wire.tokens import mint_token
 
 MAX_IN_FLIGHT = 500  # handshakes under way at once
-REST_CHUNK = 1000  # the REST limit of symbols per request
-REST_URL_BYTES = 7000  # below the server's 8 KiB URL limit
 CLOSE_WAIT = 3.0  # how long the final closes may take before the rest are aborted
 CATCH_UP_QUIET = 0.25  # after the publisher: caught up once nothing was read for this long
 CATCH_UP_MAX = 60.0  # and the backlog is empty, or after this long whatever the state
 CATCH_UP_POLL = 0.05
 
-
-class Unreachable(Exception):
-    """The server did not answer at the start of the run."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Options:
-    url: str
-    host: str
-    port: int
-    secret: str = dataclasses.field(default="", repr=False)
-    token: str = dataclasses.field(default="", repr=False)
-    conns: int = 100
-    symbols_per_conn: int = 5
-    symbols_pool: int = 50
-    duration: float = 30.0
-    rate: float = 0.0
-    source_ips: tuple[str, ...] = ()
-    slow: int = 0
-    churn: int = 0
-    compress: bool = False
-    json: bool = False
-    settle: float = 1.0
-    seed: int | None = None
-    timeout: float = 10.0
-    publish_rate: float = 0.0  # posts a second to POST /v1/quotes (0: no publisher)
-    publish_symbols: int = 50  # symbols per post
-    publish_token: str = dataclasses.field(default="", repr=False)
-    catch_up: bool = False  # wait until the subscribers caught up before the check
-
-    @property
-    def http_base(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+__all__ = ["Options", "Runner", "Unreachable", "cpu_seconds", "run"]
 
 
 class Runner:
@@ -117,8 +83,7 @@ class Runner:
         self.slow_codes: Counter[str] = Counter()
         self.churn_opened = self.churn_closed = 0
         self.churn_pending: set[int] = set()
-        self.mismatches = self.inconclusive = self.verified = 0
-        self.mismatch_lines: list[str] = []
+        self.checked = DocumentCheck()
         self.initial_left = opts.conns + opts.slow
         self.initial_done: defer.Deferred[None] = defer.Deferred()
         self.interrupted = False
@@ -126,6 +91,11 @@ class Runner:
         self._loops: list[task.LoopingCall] = []
         self._closing: defer.Deferred[None] | None = None
         self._progress_last = (reactor.seconds(), cpu_seconds(), 0, 0)
+        self.tls = (
+            ClientTLS(opts.server_name or opts.host, opts.ca, opts.resume) if opts.tls else None
+        )
+        self.https = None if self.tls is None else self.tls.policy
+        self.storm = Storm(reactor, opts.storm_drop, CLOSE_WAIT) if opts.storm_at else None
 
     # -- symbols and tokens ---------------------------------------------------------------
 
@@ -155,7 +125,7 @@ class Runner:
             self.credit -= 1
             self.dial(*self.queue.popleft())
 
-    def dial(self, i: int, slow: bool) -> None:
+    def dial(self, i: int, slow: bool, session: Any = None) -> None:
         symbols = self.symbols_for(i) if self.pool else []
         query = "symbols=" + ",".join(quote(s, safe="") for s in symbols) if symbols else ""
         host = f"{self.opts.host}:{self.opts.port}"
@@ -169,6 +139,7 @@ class Runner:
             self.reactor,
             compress=self.opts.compress,
             slow=slow,
+            tls=self.tls,
         )
         bind = None
         if self.opts.source_ips:
@@ -176,9 +147,10 @@ class Runner:
             self.next_ip += 1
         self.in_flight += 1
         tcp: IReactorTCP = self.reactor
-        connector = tcp.connectTCP(
-            self.opts.host, self.opts.port, OneShotFactory(conn), self.opts.timeout, bind
-        )
+        factory: Any = OneShotFactory(conn)
+        if self.tls is not None:
+            factory = self.tls.wrap(factory, session)
+        connector = tcp.connectTCP(self.opts.host, self.opts.port, factory, self.opts.timeout, bind)
         conn.start(connector, self.opts.timeout)
 
     def _answered(self, conn: LoadConnection) -> None:
@@ -203,10 +175,20 @@ class Runner:
 
     def failed(self, conn: LoadConnection, reason: str) -> None:
         self.churn_pending.discard(conn.index)
+        if self.storm is not None:
+            self.storm.failed(conn, reason)
         self._answered(conn)
 
+    def snapshot(self, conn: LoadConnection) -> None:
+        if self.storm is not None:
+            self.storm.snapshot(conn)
+
     def closed(self, conn: LoadConnection, code: int, by_us: bool) -> None:
-        self.live.pop(conn.index, None)
+        if self.live.get(conn.index) is conn:
+            del self.live[conn.index]
+        if self.storm is not None and self.storm.gone(conn):
+            # at once: no --rate and no MAX_IN_FLIGHT, as clients coming back after an outage
+            self.dial(conn.index, False, conn.session)
         if conn.slow and not by_us:
             self.slow_codes[str(code)] += 1
         elif not by_us:
@@ -226,6 +208,24 @@ class Runner:
             self.queue.append((self.next_index, False))
             self.next_index += 1
         self.pump()
+
+    def start_storm(self) -> None:
+        if self.storm is None or self.interrupted:
+            return
+        conns = [c for c in self.live.values() if c.state == OPEN]
+        self.err.write(f"quoted-load: storm: {len(conns)} connections reconnect\n")
+        self.storm.start(conns)
+
+    async def storm_over(self) -> None:
+        """Wait until every client of the storm is back or failed (or an interrupt); every
+        dial ends within --timeout, every close within CLOSE_WAIT."""
+        storm = self.storm
+        if storm is None or not storm.started or storm.done.called:
+            return
+        bound = self.wait(self.opts.timeout + 2 * CLOSE_WAIT)
+        await defer.DeferredList([storm.done, bound], fireOnOneCallback=True)
+        if not bound.called:
+            bound.callback(None)
 
     # -- time ------------------------------------------------------------------------------
 
@@ -311,7 +311,9 @@ class Runner:
     async def fetch_pool(self) -> None:
         url = self.opts.http_base + "/v1/instruments"
         try:
-            status, body = await http_get(self.reactor, url, self.rest_token(), self.opts.timeout)
+            status, body = await http_get(
+                self.reactor, url, self.rest_token(), self.opts.timeout, self.https
+            )
         except Exception as e:
             raise Unreachable(f"GET {url}: {e.__class__.__name__}: {e}") from None
         if status != 200:
@@ -363,6 +365,7 @@ class Runner:
             rate=self.opts.publish_rate,
             per_post=self.opts.publish_symbols,
             timeout=self.opts.timeout,
+            tls=self.https,
             rng=random.Random(None if self.opts.seed is None else f"{self.opts.seed}-publish"),
         )
 
@@ -385,7 +388,13 @@ class Runner:
         self.publisher = self.make_publisher()
         if self.publisher is not None and not self.interrupted:
             self.publisher.start()
+        storm_call = None
+        if self.opts.storm_at is not None:
+            storm_call = self.reactor.callLater(self.opts.storm_at, self.start_storm)
         await self.wait(self.opts.duration)
+        if storm_call is not None and storm_call.active():
+            storm_call.cancel()
+        await self.storm_over()
         window_end = self.reactor.seconds()
         for lc in self._loops[2:]:
             lc.stop()
@@ -402,6 +411,8 @@ class Runner:
             c.resume()
         await self.wait(self.opts.settle)
         await self.check()
+        if self.storm is not None:
+            self.storm.stop()
         await self.close_all()
         for lc in self._loops:
             lc.stop()
@@ -409,7 +420,7 @@ class Runner:
         self.fold()
         if self.err.isatty():
             self.err.write("\n")
-        for line in self.mismatch_lines[:3]:
+        for line in self.checked.mismatch_lines[:3]:
             print("quoted-load: mismatch:", line, file=self.err)
         summary = self.summary(window_end - window_start, window_end - began)
         summary["catch_up_s"] = catch_up
@@ -428,55 +439,14 @@ class Runner:
         return round(float(now - began), 3)
 
     async def check(self) -> None:
-        """Compare every live document with GET /v1/quotes, symbol by symbol."""
-        in_use = sorted({s for c in self.live.values() for s in c.symbols})
-        chunk: list[str] = []
-        size = 0
-        for sym in [*in_use, None]:
-            q = quote(sym, safe="") if sym is not None else ""
-            if sym is None or len(chunk) == REST_CHUNK or size + len(q) > REST_URL_BYTES:
-                if chunk:
-                    await self.check_chunk(chunk)
-                chunk, size = [], 0
-            if sym is not None:
-                chunk.append(sym)
-                size += len(q) + 1
+        """Compare every live document with GET /v1/quotes (quoted.loadgen.check)."""
 
-    async def check_chunk(self, symbols: list[str]) -> None:
-        url = (
-            self.opts.http_base
-            + "/v1/quotes?symbols="
-            + ",".join(quote(s, safe="") for s in symbols)
-        )
-        try:
-            status, body = await http_get(self.reactor, url, self.rest_token(), self.opts.timeout)
-        except Exception as e:
-            print(f"quoted-load: final check: GET /v1/quotes: {e}", file=self.err)
-            return
-        if status != 200:
-            print(f"quoted-load: final check: GET /v1/quotes: {status}", file=self.err)
-            return
-        rest: dict[str, Any] = json.loads(body)["quotes"]
-        wanted = set(symbols)
-        for conn in [c for c in self.live.values() if c.state == OPEN]:
-            quotes = conn.doc.get("quotes") or {}
-            for sym in conn.symbols:
-                if sym not in wanted or sym not in rest:
-                    continue
-                mine, theirs = quotes.get(sym), rest[sym]
-                if mine is None:
-                    self.mismatch(conn, sym, mine, theirs)
-                elif mine.get("last_updated") != theirs.get("last_updated"):
-                    self.inconclusive += 1
-                elif mine != theirs:
-                    self.mismatch(conn, sym, mine, theirs)
-                else:
-                    self.verified += 1
+        async def get(url: str) -> tuple[int, bytes]:
+            return await http_get(
+                self.reactor, url, self.rest_token(), self.opts.timeout, self.https
+            )
 
-    def mismatch(self, conn: LoadConnection, sym: str, mine: Any, theirs: Any) -> None:
-        self.mismatches += 1
-        if len(self.mismatch_lines) < 3:
-            self.mismatch_lines.append(f"connection {conn.index} {sym}: {mine} != REST {theirs}")
+        await self.checked.run(self.opts.http_base, list(self.live.values()), get, self.err)
 
     async def close_all(self) -> None:
         self._closing = defer.Deferred()
@@ -512,9 +482,9 @@ class Runner:
                 "max": lat.get_max_value() if lat.get_total_count() else None,
             },
             "connect_ms": {"p50": pct(con, 50, 1000), "p99": pct(con, 99, 1000)},
-            "mismatches": self.mismatches,
-            "inconclusive": self.inconclusive,
-            "verified": self.verified,
+            "mismatches": self.checked.mismatches,
+            "inconclusive": self.checked.inconclusive,
+            "verified": self.checked.verified,
             "seq_gaps": s.seq_gaps,
             "stale_updates": s.stale,
             "patch_mismatches": s.patch_mismatches,
@@ -534,6 +504,8 @@ class Runner:
             "failed_codes": dict(s.failed_codes),
             "interrupted": self.interrupted,
             "publish": None if self.publisher is None else self.publisher.summary(),
+            "tls": None if self.tls is None else self.tls.summary(),
+            "storm": None if self.storm is None else self.storm.summary(),
         }
 
 

@@ -56,6 +56,9 @@ class Hooks:
     def closed(self, conn: LoadConnection, code: int, by_us: bool) -> None:
         self.events.append(("closed", (code, by_us)))
 
+    def snapshot(self, conn: LoadConnection) -> None:
+        self.events.append(("snapshot", conn.seq))
+
 
 def fake_conn(compress: bool = False) -> tuple[LoadConnection, StringTransport, Hooks, Stats]:
     stats, hooks = Stats(), Hooks()
@@ -102,7 +105,7 @@ def test_open_compressed_patch_ping_and_close() -> None:
     assert client_frames(transport.value()) == [(OP_PONG, b"p"), (OP_CLOSE, b"\x0f\xa8")]
     assert transport.disconnecting
     conn.connectionLost(None)
-    assert hooks.events == [("opened", None), ("closed", (4008, False))]
+    assert hooks.events == [("opened", None), ("snapshot", 1), ("closed", (4008, False))]
 
 
 # -- arguments ------------------------------------------------------------------------------------
