@@ -11,10 +11,10 @@ its document with a fast path for the operations quoted sends, checks ``seq``,
 and on a sample applies the same patch with ``jsonpatch`` to compare. Counters go
 to one shared :class:`Stats`; latencies are counted per millisecond in a dict and
 folded into the HdrHistogram once a second by the runner.
-Over wss the transport is Twisted's TLS around the TCP one (quoted.loadgen.tls): the
-connection counts its handshake when TLS tells it (IHandshakeListener) and, to resume on
-its next connection, keeps the TLS session once its snapshot arrived (a TLS 1.3 ticket
-comes after the handshake).
+Over wss the transport is quoted.loadgen.tls's TLSConnection around the TCP one: the
+connection counts its handshake when TLS tells it (handshakeCompleted, as Twisted's
+IHandshakeListener) and, to resume on its next connection, keeps the TLS session once its
+snapshot arrived (a TLS 1.3 ticket comes after the handshake).
 """
 
 from __future__ import annotations
@@ -167,7 +167,9 @@ class TLSCounter(TypingProtocol):
 
     resume: bool
 
-    def handshake(self, connection: Any) -> bool: ...
+    def handshake(self, obj: Any) -> bool: ...
+
+    def session(self, obj: Any) -> Any: ...
 
 
 @implementer(IHandshakeListener)
@@ -255,7 +257,7 @@ class LoadConnection(Protocol):
     def socket(self) -> socket.socket:
         """The TCP socket (under the TLS transport's, over wss)."""
         t = self._tcp
-        if getattr(t, "wrappedProtocol", None) is self:  # TLSMemoryBIOProtocol
+        if getattr(t, "wrappedProtocol", None) is self:  # TLSConnection
             t = t.transport
         sock: socket.socket = t.getHandle()
         return sock
@@ -264,6 +266,10 @@ class LoadConnection(Protocol):
         """TLS's handshake finished (IHandshakeListener; wss only)."""
         if self.tls is not None:
             self.resumed = self.tls.handshake(self._tcp.getHandle())
+
+    def tls_failed(self) -> None:
+        """The TLS handshake failed (an untrusted certificate, a wrong name, an alert)."""
+        self._fail("tls")
 
     def dataReceived(self, data: bytes) -> None:
         if self.state in (OPEN, CLOSING):
@@ -405,7 +411,7 @@ class LoadConnection(Protocol):
         self.seq = seq
         if seq == 1:
             if self.tls is not None and self.tls.resume:
-                self.session = self._tcp.getHandle().get_session()
+                self.session = self.tls.session(self._tcp.getHandle())
             self.hooks.snapshot(self)
         ops = msg["operations"]
         stats.sample += 1

@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import io
 import ipaddress
+import ssl as stdssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import reactor, ssl
 
 from quoted.loadgen.cli import Unreachable, parse_args, run
+from quoted.loadgen.run import Runner
 from quoted.loadgen.storm import percentile
 from quoted.server.config import Config
 from tests.harness import SECRET, QuotedServer, make_config
@@ -142,12 +144,32 @@ async def test_wss_run_verifies_documents_over_https(start_tls: Any) -> None:
 
 
 @ensure
-async def test_wss_with_a_server_name(start_tls: Any) -> None:
-    """--server-name localhost: the name checked (the URL's host is an address)."""
+async def test_wss_with_a_server_name_and_slow_readers(start_tls: Any) -> None:
+    """--server-name localhost: the name checked (the URL's host is an address); slow
+    readers over TLS pause the TCP socket under it."""
     s, cert = await start_tls()
-    r = await run_then_still(s, wss_argv(s, cert, "--server-name", "localhost"), io.StringIO())
+    args = wss_argv(s, cert, "--server-name", "localhost", "--slow", "2")
+    r = await run_then_still(s, args, io.StringIO())
     assert_clean(r)
-    assert r["tls"]["full"] == 20, r["tls"]
+    assert r["connected"] == 22 and r["slow"]["opened"] == 2, r
+    assert r["tls"]["full"] == 22, r["tls"]
+
+
+@ensure
+async def test_a_connection_refusing_the_certificate_fails_as_tls(
+    start_tls: Any, tmp_path: Path
+) -> None:
+    """The connections' own TLS (not the REST calls') verifies: with another CA every
+    handshake fails, counted as "tls", and nothing is counted as a TLS handshake."""
+    s, cert = await start_tls()
+    other = tmp_path / "other.pem"
+    other.write_bytes(self_signed("localhost", "127.0.0.1")[0])
+    runner = Runner(parse_args(wss_argv(s, cert, "--duration", "300ms")), reactor, io.StringIO())
+    assert runner.tls is not None
+    runner.tls.context = stdssl.create_default_context(cafile=str(other))
+    r = await runner.run()
+    assert r["connected"] == 0 and r["failed"] == 20 and r["failed_by"] == {"tls": 20}, r
+    assert r["tls"]["full"] == r["tls"]["resumed"] == 0, r["tls"]
 
 
 @pytest.mark.parametrize(
