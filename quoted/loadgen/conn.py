@@ -33,6 +33,7 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 import jsonpatch
+from twisted.internet.error import NotConnectingError
 from twisted.internet.interfaces import IConnector, IDelayedCall, IHandshakeListener, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
@@ -364,7 +365,10 @@ class LoadConnection(Protocol):
         if self._tcp is not None:
             self._tcp.abortConnection()
         elif self._connector is not None:
-            self._connector.stopConnecting()
+            try:
+                self._connector.stopConnecting()
+            except NotConnectingError:  # the connect itself failed (refused, its timeout)
+                pass
         self.hooks.failed(self, reason)
 
     def _cancel_timer(self) -> None:

@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, utils
+from twisted.internet.error import NotConnectingError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from quoted.loadgen.cli import Unreachable, parse_args, run
 from quoted.loadgen.conn import LoadConnection, Stats, upgrade_request
@@ -106,6 +108,26 @@ def test_open_compressed_patch_ping_and_close() -> None:
     assert transport.disconnecting
     conn.connectionLost(None)
     assert hooks.events == [("opened", None), ("snapshot", 1), ("closed", (4008, False))]
+
+
+class DoneConnector:
+    """A connector whose connect already failed: stopConnecting raises, as Twisted's does."""
+
+    def stopConnecting(self) -> None:
+        raise NotConnectingError()
+
+
+def test_a_failed_connect_is_reported_once() -> None:
+    """The connect's own failure (refused, its timeout) reaches the runner: the connector is
+    no longer connecting, which must not stop the report (it hung a storm's check)."""
+    stats, hooks = Stats(), Hooks()
+    req = upgrade_request("h:1", "/ws/quotes", "", "tok", False, key=b"k" * 16)
+    conn = LoadConnection(3, [], req, stats, hooks, Clock())
+    conn.start(DoneConnector(), 10.0)  # type: ignore[arg-type]
+    conn.connect_failed(Failure(ConnectionRefusedError()))
+    conn.connect_failed(Failure(ConnectionRefusedError()))
+    assert hooks.events == [("failed", "connect")]
+    assert stats.failed == 1 and stats.failed_by == {"connect": 1}
 
 
 # -- arguments ------------------------------------------------------------------------------------
