@@ -8,6 +8,7 @@ build the same service on the real reactor or a fake.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
@@ -34,6 +35,7 @@ from quoted.server.protocol import QuoteFactory
 from quoted.server.publish import PublishRoute
 from quoted.server.ratelimit import IPRateLimiter
 from quoted.server.store import Entry, Quote, QuoteStore
+from quoted.server.tls import server_endpoint
 from quoted.server.web import QuotedSite, Router, make_site
 
 if TYPE_CHECKING:
@@ -244,7 +246,18 @@ def build(
     for part in (oscillator, feed):
         if part is not None:
             part.setServiceParent(service)
-    listener = Listener(reactor, with_backlog(config.server.listen), site)
+    server = config.server
+    listener = Listener(
+        reactor,
+        with_backlog(server.listen),
+        site,
+        make_endpoint=partial(
+            server_endpoint,
+            protocols=server.tls_protocols,
+            ciphers=server.tls_ciphers,
+            session_tickets=server.tls_session_tickets,
+        ),
+    )
     listener.setName("listener")
     listener.setServiceParent(service)
     return service

@@ -30,6 +30,7 @@ from quoted.server.settingkinds import (
     any_text,
     boolean,
     choice,
+    cipher_list,
     duration,
     endpoint,
     feed_name,
@@ -45,7 +46,9 @@ from quoted.server.settingkinds import (
     redis_url,
     secret_file,
     size,
+    tls_protocols,
 )
+from quoted.server.tls import DEFAULT_CIPHERS
 from quoted.wire.durations import parse_duration
 
 __all__ = [
@@ -129,6 +132,15 @@ class ServerConfig:
         "2000", integer(0, 1_000_000),
         "open TCP connections per client IP (IPv6 /64), counted from accept, trusted_proxies "
         "aside; beyond it 429 and close (0: off)"))
+    tls_protocols: tuple[str, ...] = field(metadata=setting(
+        "TLSv1.2 TLSv1.3", tls_protocols,
+        "TLS versions an ssl: listen offers (TLSv1.0 and 1.1 are never offered)"))
+    tls_ciphers: str = field(metadata=setting(
+        DEFAULT_CIPHERS, cipher_list,
+        "OpenSSL cipher list for TLS 1.2 (TLS 1.3's suites are OpenSSL's, all AEAD)"))
+    tls_session_tickets: bool = field(metadata=setting(
+        "on", boolean,
+        "TLS session tickets: a reconnect resumes without a full handshake"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,9 @@ major release; constraints.txt is the tested set.
 What lives here:
 
 - **The direct write path** (:func:`direct_socket`, :func:`write_frame`): a frame goes
-  straight to the kernel with one ``send()`` when Twisted's buffer for the socket is empty.
+  straight to the kernel with one ``send()`` when Twisted's buffer for the socket is empty;
+  over TLS (:func:`direct_tls`, :func:`write_tls_frame`) one ``SSL_write`` into the memory
+  BIO, one read of the encrypted bytes and one ``send()``.
 - **The bytes queued for a connection** (:func:`queued_bytes`): what Twisted holds that the
   kernel has not taken, the measure of quoted.server.budget's outbound bound.
 - **Raw control frames** (:func:`write_frame` with :data:`PING_FRAME`): a ping without
@@ -37,9 +39,11 @@ import socket
 from typing import Any, Final
 
 from autobahn.websocket.protocol import TrafficStats
+from OpenSSL import SSL
 from twisted.internet import abstract, endpoints, tcp
 from twisted.internet.interfaces import IStreamServerEndpointStringParser
 from twisted.logger import Logger
+from twisted.protocols import tls
 
 __all__ = [
     "BAD_REQUEST",
@@ -48,11 +52,13 @@ __all__ = [
     "PING_FRAME",
     "SEND_BUFFER_BYTES",
     "NoDebugLogger",
+    "TLSDirect",
     "answer_bad_requests",
     "break_close_cycle",
     "clear_exit_signal",
     "close_frame_payload",
     "direct_socket",
+    "direct_tls",
     "endpoint_arguments",
     "fail_connection",
     "install_class_defaults",
@@ -64,6 +70,7 @@ __all__ = [
     "upgraded_protocol",
     "when_closed",
     "write_frame",
+    "write_tls_frame",
 ]
 
 # kernel send buffer per connection: a stuck client pins at most this much kernel memory, and
@@ -120,6 +127,108 @@ def write_frame(transport: Any, sock: socket.socket | None, frame: bytes, limit:
     elif queued_bytes(transport) > limit:
         return False
     transport.write(frame)
+    return True
+
+
+class TLSDirect:
+    """A TLS connection's direct write path: its ``TLSMemoryBIOProtocol`` (``tls``), the
+    OpenSSL connection with its memory BIOs (``conn``), the TCP transport under it (``tcp``)
+    and that one's socket (``sock``)."""
+
+    __slots__ = ("conn", "sock", "tcp", "tls")
+
+    def __init__(self, tls: Any, conn: Any, tcp: Any, sock: socket.socket) -> None:
+        self.tls = tls
+        self.conn = conn
+        self.tcp = tcp
+        self.sock = sock
+
+
+def direct_tls(transport: Any) -> TLSDirect | None:
+    """The direct write path of a TLS connection over plain TCP, its socket's send buffer
+    bounded to SEND_BUFFER_BYTES; None for anything else.
+
+    Private: ``_tlsConnection`` is the ``OpenSSL.SSL.Connection`` of Twisted's
+    ``TLSMemoryBIOProtocol`` (its ``getHandle()`` returns the same, documented only "for
+    Certificate.peerFromTransport"), and ``transport`` the TCP transport under it (a
+    ProtocolWrapper's). Only Twisted's own two classes qualify, whose state
+    :func:`write_tls_frame` reads.
+    """
+    if type(transport) not in (tls.BufferingTLSTransport, tls.TLSMemoryBIOProtocol):
+        return None
+    sock = direct_socket(transport.transport)
+    if sock is None:
+        return None
+    return TLSDirect(transport, transport._tlsConnection, transport.transport, sock)
+
+
+# what one SSL_write adds to the bytes it is given: per record of up to 16 KiB a 5-byte
+# header and a 16-byte tag (and TLS 1.3's content-type byte or TLS 1.2's 8-byte nonce)
+_RECORD = 2**14
+_RECORD_OVERHEAD = 64
+
+
+def write_tls_frame(direct: TLSDirect, frame: bytes, limit: int) -> bool:
+    """:func:`write_frame` for a TLS connection: encrypt ``frame`` into the memory BIO (one
+    ``SSL_write`` a record), read the encrypted bytes back and ``send()`` them when nothing
+    is queued on the socket, else queue them on the TCP transport, in order. False, nothing
+    written, when more than ``limit`` bytes are queued already.
+
+    Twisted's own path (``BufferingTLSTransport.write``) buffers every write in an aggregator
+    with a ``callLater(0)`` per connection, encrypts on the next loop turn, then buffers the
+    result again in the TCP transport for a ``doWrite``: three queues and two loop turns per
+    message. This one is taken only when Twisted's TLS layer holds nothing of its own that
+    the frame would overtake; otherwise the frame goes to ``tls.write`` as before. What the
+    kernel does not take stays with the TCP transport, so the push-producer pause (its
+    producer is the TLS layer's membrane over our protocol), the budget and its error
+    handling are those of a plain connection.
+
+    Private: ``_handshakeDone``, ``_appSendBuffer`` (plaintext waiting for the handshake or
+    for OpenSSL), ``_lostTLSConnection`` and ``disconnecting`` are ``TLSMemoryBIOProtocol``
+    state; ``_aggregator._buffer`` is ``BufferingTLSTransport``'s list of writes not yet
+    encrypted; the TCP transport's buffers as in :func:`write_frame`.
+    """
+    t = direct.tls
+    tcp = direct.tcp
+    held = tcp.dataBuffer or tcp._tempDataBuffer
+    if held and queued_bytes(tcp) > limit:
+        return False
+    aggregator = getattr(t, "_aggregator", None)
+    if (
+        not t._handshakeDone
+        or t._appSendBuffer
+        or (aggregator is not None and aggregator._buffer)
+        or t._lostTLSConnection
+        or t.disconnecting
+        or tcp.disconnecting
+    ):
+        t.write(frame)
+        return True
+    conn = direct.conn
+    try:
+        done = 0
+        while done < len(frame):  # partial writes: one record at most per SSL_write
+            done += conn.send(frame[done : done + _RECORD] if len(frame) > _RECORD else frame)
+        want = len(frame) + _RECORD_OVERHEAD * (len(frame) // _RECORD + 1)
+        data = conn.bio_read(want)
+        while len(data) == want:  # more was waiting in the BIO (a session ticket, an alert)
+            try:
+                data += conn.bio_read(want)
+            except SSL.WantReadError:
+                break
+    except SSL.Error:
+        # what Twisted's path would meet too: let it report it (it closes the connection)
+        t.write(frame[done:])
+        return True
+    if not held:
+        try:
+            sent = direct.sock.send(data)
+        except OSError:  # EAGAIN, or an error Twisted's write will meet and report
+            sent = 0
+        if sent == len(data):
+            return True
+        data = data[sent:]
+    tcp.write(data)
     return True
 
 

@@ -13,6 +13,7 @@ root service, quoted.server.tap.LoggedRoot), no traceback.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -55,7 +56,8 @@ def listen_problem(setting: str, description: str, failure: Failure) -> str:
 
 
 class Listener(Service):
-    """Listens on ``description`` (a Twisted server endpoint string) while running."""
+    """Listens on ``description`` (a Twisted server endpoint string, built by
+    ``make_endpoint(reactor, description)``) while running."""
 
     log = Logger()
 
@@ -65,11 +67,13 @@ class Listener(Service):
         description: str,
         factory: IProtocolFactory,
         setting: str = "[server] listen",
+        make_endpoint: Callable[[Any, str], Any] = serverFromString,
     ) -> None:
         self._reactor = reactor
         self.setting = setting
         self.description = description
         self.factory = factory
+        self._make_endpoint = make_endpoint
         self.port: IListeningPort | None = None
         self._listen: Deferred[IListeningPort | None] | None = None
         self._waiters: list[Deferred[IListeningPort]] = []
@@ -84,7 +88,10 @@ class Listener(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        endpoint = serverFromString(self._reactor, self.description)
+        try:
+            endpoint = self._make_endpoint(self._reactor, self.description)
+        except ValueError as e:  # a TLS file or setting: the line names its setting
+            raise ListenError(str(e)) from None
         d: Deferred[Any] = endpoint.listen(self.factory)
         failed_now: list[Failure] = []
         starting = True

@@ -2,9 +2,9 @@
 
 ``quotes_patch`` (compressed when negotiated), the control replies, pong and ping frames all
 go through :meth:`Outbound._write`: a frame goes straight to the kernel when nothing is queued
-(quoted.server.edge), and a connection that already holds more than
-:data:`~quoted.server.budget.MAX_QUEUED_BYTES` it did not read is closed 4008 instead of being
-written to, whatever it was sent. Only the close frame itself bypasses the budget (one a
+(quoted.server.edge; over TLS encrypted in place first), and a connection that already holds
+more than :data:`~quoted.server.budget.MAX_QUEUED_BYTES` it did not read is closed 4008 instead
+of being written to, whatever it was sent. Only the close frame itself bypasses the budget (one a
 connection).
 """
 
@@ -19,7 +19,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from quoted.server.budget import MAX_QUEUED_BYTES
-from quoted.server.edge import PING_FRAME, negotiated_deflate, send_close, write_frame
+from quoted.server.edge import (
+    PING_FRAME,
+    TLSDirect,
+    negotiated_deflate,
+    send_close,
+    write_frame,
+    write_tls_frame,
+)
 from quoted.server.hub import FanOutHub, Subscription
 from quoted.server.metrics import Metrics
 from quoted.wire.closecodes import CLOSE_SLOW_CONSUMER
@@ -55,6 +62,7 @@ class Outbound:
     transport: Any
     sub: Subscription | None
     _sock: socket.socket | None
+    _tls: TLSDirect | None
     _deflate: Any
 
     def send_patch(self, payload: bytes) -> int:
@@ -93,7 +101,11 @@ class Outbound:
     def _write(self, frame: bytes) -> bool:
         """Send a frame now when nothing is queued before it (quoted.server.edge), unless more
         than MAX_QUEUED_BYTES are queued already: then close 4008 (False)."""
-        if write_frame(self.transport, self._sock, frame, MAX_QUEUED_BYTES):
+        tls = self._tls
+        if tls is not None:
+            if write_tls_frame(tls, frame, MAX_QUEUED_BYTES):
+                return True
+        elif write_frame(self.transport, self._sock, frame, MAX_QUEUED_BYTES):
             return True
         self._over_budget()
         return False

@@ -28,9 +28,11 @@ from quoted.server.budget import FrameBudget
 from quoted.server.config import WebSocketConfig
 from quoted.server.edge import (
     NoDebugLogger,
+    TLSDirect,
     break_close_cycle,
     close_frame_payload,
     direct_socket,
+    direct_tls,
     fail_connection,
     install_class_defaults,
     per_factory_protocol,
@@ -103,6 +105,7 @@ class QuoteProtocol(Outbound, WebSocketServerProtocol):  # type: ignore[misc]
     sub: Subscription | None = None
     live: Liveness | None = None  # the pool's record, from onOpen to onClose
     _sock: socket.socket | None = None
+    _tls: TLSDirect | None = None
     _deflate: Any = None  # our zlib compressor, when permessage-deflate was negotiated
     # security: the token's expiry timer; the frame budget (made at the first frame, so idle
     # connections hold none)
@@ -117,7 +120,9 @@ class QuoteProtocol(Outbound, WebSocketServerProtocol):  # type: ignore[misc]
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()
         transport.registerProducer(self, True)
-        self._sock = direct_socket(transport)  # plain TCP (not TLS): frames may go direct
+        self._sock = direct_socket(transport)  # plain TCP: frames may go direct
+        if self._sock is None:
+            self._tls = direct_tls(transport)  # TLS over TCP: encrypted, then direct
         super().connectionMade()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

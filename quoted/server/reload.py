@@ -51,6 +51,7 @@ _log = Logger()
 FIXED: frozenset[str] = frozenset(
     {
         "[server] listen",
+        *(f"[server] tls_{key}" for key in ("protocols", "ciphers", "session_tickets")),
         "[feed] source",
         "[feed] replay_file",
         "[feed] replay_speed",
@@ -62,7 +63,7 @@ FIXED: frozenset[str] = frozenset(
         *(f"[redis] {key}" for key in ("enabled", "url", "prefix", "lease_ttl")),
     }
 )
-"""Settings a reload cannot change: the listening port, the price source and its own
+"""Settings a reload cannot change: the listening port and its TLS, the price source and its own
 settings, the history's bounds, Redis. Also fixed: a plugin feed's ``[feed:NAME]`` section."""
 
 _SIMULATOR = ("[feed] update_interval", "[feed] oscillation_percent", "[feed] mode")

@@ -132,6 +132,32 @@ def boolean(text: str) -> bool:
 
 any_text = Kind(str, "any text")
 
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+
+
+@value_kind("TLSv1.2, TLSv1.3 or both (space- or comma-separated)")
+def tls_protocols(text: str) -> tuple[str, ...]:
+    """The TLS versions offered, oldest first: TLS 1.0 and 1.1 are refused by name."""
+    named = [part for part in re.split(r"[\s,]+", text.strip()) if part]
+    by_name = {v.lower(): v for v in TLS_VERSIONS}
+    for part in named:
+        if part.lower() in ("tlsv1", "tlsv1.0", "tlsv1.1", "sslv3", "sslv2"):
+            raise ValueError(f"{part} is not safe")
+        if part.lower() not in by_name:
+            raise ValueError(f"unknown version {part!r}")
+    chosen = tuple(v for v in TLS_VERSIONS if v.lower() in {p.lower() for p in named})
+    if not chosen:
+        raise ValueError("no version")
+    return chosen
+
+
+@value_kind("an OpenSSL cipher list such as ECDHE+AESGCM:ECDHE+CHACHA20")
+def cipher_list(text: str) -> str:
+    """Its syntax only: OpenSSL itself checks it when an ssl: listen builds its context."""
+    if not text or not re.fullmatch(r"[A-Za-z0-9+\-_:!@=.,]+", text):
+        raise ValueError("not a cipher list")
+    return text
+
 
 @value_kind(
     "a Twisted server endpoint of type tcp, tcp6, ssl, unix or systemd, "

@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twisted.internet import reactor, ssl
+from twisted.internet import reactor
 
 from quoted.loadgen.cli import Unreachable, parse_args, run
 from quoted.loadgen.run import Runner
@@ -70,27 +70,15 @@ def tls_config(tmp_path: Path) -> tuple[Config, Path]:
     return dataclasses.replace(config, server=server), cert
 
 
-class TicketOptions(ssl.CertificateOptions):
-    """CertificateOptions with session tickets on: what ``[server] tls_session_tickets``
-    (being added beside this work) gives; Twisted's ssl: endpoint string has no option."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        kw.setdefault("enableSessionTickets", True)
-        super().__init__(*args, **kw)
-
-
 @pytest.fixture
-def start_tls(
-    start_config: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Callable[..., Any]:
-    """``await start_tls(tickets=False)``: a TLS quoted and the --ca file for it."""
+def start_tls(start_config: Callable[..., Any], tmp_path: Path) -> Callable[..., Any]:
+    """``await start_tls(tickets=True)``: a TLS quoted (``[server] tls_session_tickets`` as
+    given) and the --ca file for it."""
 
-    async def start(tickets: bool = False) -> tuple[QuotedServer, Path]:
+    async def start(tickets: bool = True) -> tuple[QuotedServer, Path]:
         config, cert = tls_config(tmp_path)
-        with monkeypatch.context() as m:
-            if tickets:  # the ssl: parser builds its CertificateOptions when listening
-                m.setattr(ssl, "CertificateOptions", TicketOptions)
-            server: QuotedServer = await start_config(config)
+        server_config = dataclasses.replace(config.server, tls_session_tickets=tickets)
+        server: QuotedServer = await start_config(dataclasses.replace(config, server=server_config))
         return server, cert
 
     return start
@@ -213,15 +201,14 @@ async def test_without_resume_the_storm_handshakes_in_full(start_tls: Any) -> No
     assert r["tls"]["full"] == 16 and r["tls"]["resumed"] == 0, r["tls"]
 
 
-@pytest.mark.xfail(reason="needs [server] tls_session_tickets", strict=False)
 @ensure
-async def test_resume_against_quoted_as_configured(start_tls: Any) -> None:
-    """quoted's own ssl: listener (Twisted's CertificateOptions defaults: no tickets)."""
-    s, cert = await start_tls()
+async def test_without_tickets_quoted_resumes_nothing(start_tls: Any) -> None:
+    """``[server] tls_session_tickets = off``: every reconnect is a full handshake."""
+    s, cert = await start_tls(tickets=False)
     args = wss_argv(s, cert, "--resume", "--storm-at", "1s", conns=8)
     r = await run_then_still(s, args, io.StringIO())
     assert r["storm"]["back"] == 8, r["storm"]
-    assert r["tls"]["resumed"] > 0, r["tls"]
+    assert r["tls"]["resumed"] == 0 and r["tls"]["full"] == 16, r["tls"]
 
 
 # -- the storm -----------------------------------------------------------------------------------

@@ -46,6 +46,9 @@ DEFAULTS = Config(
         allowed_origins=(),
         trusted_proxies=(),
         max_connections_per_ip=2000,
+        tls_protocols=("TLSv1.2", "TLSv1.3"),
+        tls_ciphers="ECDHE+AESGCM:ECDHE+CHACHA20",
+        tls_session_tickets=True,
     ),
     auth=AuthConfig(
         secret=None, public_key_file="", jwks_url="", issuer="", audience="", leeway=30.0
@@ -169,6 +172,9 @@ GOOD = [
     ("server", "trusted_proxies", "127.0.0.1, 10.1.2.3/8, ::1",
      "server.trusted_proxies", (V4("127.0.0.1/32"), V4("10.0.0.0/8"), V6("::1/128"))),
     ("server", "max_connections_per_ip", "0", "server.max_connections_per_ip", 0),
+    ("server", "tls_protocols", " tlsv1.3, ", "server.tls_protocols", ("TLSv1.3",)),
+    ("server", "tls_ciphers", "ECDHE+AESGCM", "server.tls_ciphers", "ECDHE+AESGCM"),
+    ("server", "tls_session_tickets", "off", "server.tls_session_tickets", False),
     ("auth", "secret_file", "{secret}", "auth.secret", SECRET),
     ("auth", "public_key_file", "{key}", "auth.public_key_file", "{key}"),
     ("auth", "jwks_url", "https://idp.example.com/jwks.json", "auth.jwks_url",
@@ -252,6 +258,11 @@ BAD = [
     ("server", "allowed_origins", "app.example.com", "not an origin"),
     ("server", "trusted_proxies", "10.0.0.300", "not an IP address or CIDR"),
     ("server", "max_connections_per_ip", "-1", "0 to 1000000"),
+    ("server", "tls_protocols", "TLSv1.1 TLSv1.2", "TLSv1.1 is not safe"),
+    ("server", "tls_protocols", "TLSv2", "unknown version"),
+    ("server", "tls_protocols", ",", "no version"),
+    ("server", "tls_ciphers", "ECDHE AESGCM", "not a cipher list"),
+    ("server", "tls_session_tickets", "maybe", "not a boolean"),
     ("auth", "secret_file", "{dir}/missing", "no such file"),
     ("auth", "secret_file", "{dir}", "not a regular file"),
     ("auth", "public_key_file", "{dir}/missing.pem", "no such file"),
@@ -640,7 +651,7 @@ def test_every_shipped_setting_is_documented_with_its_default() -> None:
 
 def test_settings_table_shape() -> None:
     table = settings_table()
-    assert len(table) == len({(s, k) for s, k, _, _ in table}) == 44
+    assert len(table) == len({(s, k) for s, k, _, _ in table}) == 47
     assert all(help_text and "\n" not in help_text for *_, help_text in table)
     assert table[0] == (
         "server",
