@@ -148,6 +148,23 @@ async def test_a_large_frame_goes_as_several_records(tls_pair: tuple[Any, _Colle
     assert await client.until(len(frame)) == frame
 
 
+def test_encrypt_uses_pyopenssls_binding_and_refuses_when_openssl_does(
+    cert: tuple[Path, Path, bytes],
+) -> None:
+    """_encrypt reads ``OpenSSL._util.lib``/``ffi`` and a Connection's ``_ssl`` and
+    ``_from_ssl``; before its handshake OpenSSL writes nothing: None, and no error left."""
+    from OpenSSL._util import ffi, lib
+
+    key, crt, _ = cert
+    conn = SSL.Connection(options(key, crt).getContext(), None)
+    conn.set_accept_state()
+    assert ffi.typeof(conn._ssl).cname == "SSL *"
+    assert ffi.typeof(conn._from_ssl).cname == "BIO *"
+    assert all(hasattr(lib, name) for name in ("SSL_write", "BIO_read", "ERR_clear_error"))
+    assert edge._encrypt(conn, b"too early") is None
+    assert lib.ERR_peek_error() == 0
+
+
 def encrypted(transport: Any, plain: bytes) -> bytes:
     """``plain`` as the next TLS record(s) of ``transport``'s connection."""
     conn = transport.getHandle()
