@@ -6,10 +6,8 @@ major release; constraints.txt is the tested set.
 
 What lives here:
 
-- **The direct write path** (:func:`direct_socket`, :func:`write_frame`): a frame goes
-  straight to the kernel with one ``send()`` when Twisted's buffer for the socket is empty;
-  over TLS (:func:`direct_tls`, :func:`write_tls_frame`) one ``SSL_write`` into the memory
-  BIO, one read of the encrypted bytes and one ``send()``.
+- **The direct write path** (:func:`direct_socket`, :func:`write_frame`; over TLS
+  :func:`direct_tls`, :func:`write_tls_frame`): one ``send()`` when nothing is queued.
 - **The bytes queued for a connection** (:func:`queued_bytes`): what Twisted holds that the
   kernel has not taken, the measure of quoted.server.budget's outbound bound.
 - **Raw control frames** (:func:`write_frame` with :data:`PING_FRAME`): a ping without
@@ -36,7 +34,7 @@ from __future__ import annotations
 
 import inspect
 import socket
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from autobahn.websocket.protocol import TrafficStats
 from OpenSSL._util import ffi as _ffi
@@ -131,69 +129,53 @@ def write_frame(transport: Any, sock: socket.socket | None, frame: bytes, limit:
     return True
 
 
-class TLSDirect:
-    """A TLS connection's direct write path: its ``TLSMemoryBIOProtocol`` (``tls``), the
-    OpenSSL connection with its memory BIOs (``conn``), the TCP transport under it (``tcp``)
-    and that one's socket (``sock``)."""
+class TLSDirect(NamedTuple):
+    """A TLS connection's ``TLSMemoryBIOProtocol``, its OpenSSL connection (memory BIOs),
+    the TCP transport under it and that one's socket."""
 
-    __slots__ = ("conn", "sock", "tcp", "tls")
-
-    def __init__(self, tls: Any, conn: Any, tcp: Any, sock: socket.socket) -> None:
-        self.tls = tls
-        self.conn = conn
-        self.tcp = tcp
-        self.sock = sock
+    tls: Any
+    conn: Any
+    tcp: Any
+    sock: socket.socket
 
 
 def direct_tls(transport: Any) -> TLSDirect | None:
-    """The direct write path of a TLS connection over plain TCP, its socket's send buffer
-    bounded to SEND_BUFFER_BYTES; None for anything else.
+    """A TLS-over-TCP connection's direct path (send buffer bounded as plain's), or None.
 
     Private: ``_tlsConnection`` is the ``OpenSSL.SSL.Connection`` of Twisted's
-    ``TLSMemoryBIOProtocol`` (its ``getHandle()`` returns the same, documented only "for
-    Certificate.peerFromTransport"), and ``transport`` the TCP transport under it (a
-    ProtocolWrapper's). Only Twisted's own two classes qualify, whose state
-    :func:`write_tls_frame` reads.
+    ``TLSMemoryBIOProtocol`` (``getHandle()`` returns it, documented only for
+    ``Certificate.peerFromTransport``). Only Twisted's own two classes qualify.
     """
     if type(transport) not in (tls.BufferingTLSTransport, tls.TLSMemoryBIOProtocol):
         return None
-    sock = direct_socket(transport.transport)
-    if sock is None:
-        return None
-    return TLSDirect(transport, transport._tlsConnection, transport.transport, sock)
+    sock = direct_socket(tcp_ := transport.transport)
+    return None if sock is None else TLSDirect(transport, transport._tlsConnection, tcp_, sock)
 
 
-# what one SSL_write adds to the bytes it is given: per record of up to 16 KiB a 5-byte
-# header and a 16-byte tag (and TLS 1.3's content-type byte or TLS 1.2's 8-byte nonce)
-_RECORD = 2**14
-_RECORD_OVERHEAD = 64
-
-
-# one buffer for every connection's encrypted bytes (the reactor is one thread), copied out
-_OUT_SIZE: Final = _RECORD + 4 * _RECORD_OVERHEAD
+# one buffer for all (one reactor thread): a 16 KiB record with its header and tag, and more
+_OUT_SIZE: Final = 2**14 + 256
 _OUT = _ffi.new("char[]", _OUT_SIZE)
 
 
 def _encrypt(conn: Any, frame: bytes) -> bytes | None:
-    """``frame`` as TLS records, with whatever OpenSSL had waiting in the BIO before them
-    (a session ticket); None, nothing written, when OpenSSL refuses to write.
+    """``frame`` as TLS records, after what OpenSSL had waiting (a session ticket); None,
+    nothing written, when OpenSSL refuses to write.
 
-    OpenSSL's ``SSL_write`` and ``BIO_read`` are called through pyOpenSSL's own cffi binding,
-    reading into one shared buffer: pyOpenSSL's ``send`` and ``bio_read`` wrap each in about
-    2 us of Python (argument checks, an error lookup after every call, a fresh buffer per
-    read; about 7.5 us for the pair against 4.6 through the binding, measured side by side).
+    Through pyOpenSSL's cffi binding, into one shared buffer: its ``send`` and ``bio_read``
+    add argument checks, an error lookup and a fresh buffer per call (7.5 against 4.6 us
+    for the pair, measured side by side; BENCHMARKS.md, wss).
 
-    Private: ``OpenSSL._util.lib``/``ffi`` are pyOpenSSL's binding; ``Connection._ssl`` its
-    ``SSL*``, ``_from_ssl`` the memory BIO OpenSSL writes into (``bio_read``'s own source).
+    Private: pyOpenSSL's binding ``OpenSSL._util.lib``/``ffi``; a Connection's ``_ssl``
+    (``SSL*``) and ``_from_ssl`` (the BIO OpenSSL writes into, as ``bio_read`` reads it).
     """
     done = 0
     while done < len(frame):  # partial writes: a record (16 KiB) at most per SSL_write
         n = _lib.SSL_write(conn._ssl, frame[done:] if done else frame, len(frame) - done)
-        if n <= 0:
+        if n <= 0:  # refused; after a partial write, what was encrypted still goes
             _lib.ERR_clear_error()
             if not done:
                 return None
-            break  # the connection failed midway: what was encrypted still goes, in order
+            break
         done += n
     parts = []
     while True:
@@ -202,40 +184,33 @@ def _encrypt(conn: Any, frame: bytes) -> bytes | None:
             break
         parts.append(_ffi.buffer(_OUT, n)[:])
         if n < _OUT_SIZE:
-            break
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+    return b"".join(parts)
 
 
 def write_tls_frame(direct: TLSDirect, frame: bytes, limit: int) -> bool:
-    """:func:`write_frame` for a TLS connection: encrypt ``frame`` into the memory BIO (one
-    ``SSL_write`` a record), read the encrypted bytes back and ``send()`` them when nothing
-    is queued on the socket, else queue them on the TCP transport, in order. False, nothing
-    written, when more than ``limit`` bytes are queued already.
+    """:func:`write_frame` for TLS: ``frame`` encrypted in place, then one ``send()`` when
+    nothing is queued on the socket, else queued on the TCP transport, in order. False,
+    nothing written, when more than ``limit`` bytes are queued already.
 
-    Twisted's own path (``BufferingTLSTransport.write``) buffers every write in an aggregator
-    with a ``callLater(0)`` per connection, encrypts on the next loop turn, then buffers the
-    result again in the TCP transport for a ``doWrite``: three queues and two loop turns per
-    message. This one is taken only when Twisted's TLS layer holds nothing of its own that
-    the frame would overtake; otherwise the frame goes to ``tls.write`` as before. What the
-    kernel does not take stays with the TCP transport, so the push-producer pause (its
-    producer is the TLS layer's membrane over our protocol), the budget and its error
-    handling are those of a plain connection.
+    Twisted's ``BufferingTLSTransport.write`` holds each write for a ``callLater(0)``, then
+    encrypts and queues it again. Taken only when Twisted's TLS layer holds nothing the frame
+    would overtake (else ``tls.write``); the rest stays with the TCP transport, so the
+    producer pause, the budget and errors are a plain connection's.
 
-    Private: ``_handshakeDone``, ``_appSendBuffer`` (plaintext waiting for the handshake or
-    for OpenSSL), ``_lostTLSConnection`` and ``disconnecting`` are ``TLSMemoryBIOProtocol``
-    state; ``_aggregator._buffer`` is ``BufferingTLSTransport``'s list of writes not yet
-    encrypted; the TCP transport's buffers as in :func:`write_frame`.
+    Private: ``_handshakeDone``, ``_appSendBuffer``, ``_lostTLSConnection`` are
+    ``TLSMemoryBIOProtocol``'s, ``_aggregator._buffer`` ``BufferingTLSTransport``'s writes
+    not yet encrypted; the TCP transport's buffers as in :func:`write_frame`.
     """
     t = direct.tls
     tcp = direct.tcp
     held = tcp.dataBuffer or tcp._tempDataBuffer
     if held and queued_bytes(tcp) > limit:
         return False
-    aggregator = getattr(t, "_aggregator", None)
     if (
         not t._handshakeDone
         or t._appSendBuffer
-        or (aggregator is not None and aggregator._buffer)
+        or (getattr(t, "_aggregator", None) is not None and t._aggregator._buffer)
         or t._lostTLSConnection
         or t.disconnecting
         or tcp.disconnecting

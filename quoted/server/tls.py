@@ -102,13 +102,15 @@ def tls_options(
         raise TLSProblem(
             f"[server] listen: privateKey={key_file}: no unencrypted PEM private key"
         ) from None
-    chain = None
+    # a certKey holding the whole chain (leaf first, as certbot's fullchain.pem): the rest is
+    # sent after the leaf, before extraCertChain's
+    chain = [x509.load_pem_x509_certificate(pem) for pem in _CERTIFICATE.findall(cert_pem)[1:]]
     if "extraCertChain" in endpoint_kw:
         path = endpoint_kw["extraCertChain"]
         found = _CERTIFICATE.findall(_read(path, "extraCertChain="))
         if not found:
             raise TLSProblem(f"[server] listen: extraCertChain={path}: no PEM certificate")
-        chain = [x509.load_pem_x509_certificate(pem) for pem in found]
+        chain += [x509.load_pem_x509_certificate(pem) for pem in found]
     dh = None
     if "dhParameters" in endpoint_kw:
         from twisted.python.filepath import FilePath  # noqa: PLC0415
@@ -121,7 +123,7 @@ def tls_options(
     options = ssl.CertificateOptions(
         privateKey=cast(Any, key),
         certificate=cast(Any, certificate),
-        extraCertChain=cast(Any, chain),
+        extraCertChain=cast(Any, chain or None),
         dhParameters=dh,
         raiseMinimumTo=versions[protocols[0]],
         lowerMaximumSecurityTo=versions[protocols[-1]],

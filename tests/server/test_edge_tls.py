@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet import defer, protocol, reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
@@ -256,6 +257,20 @@ def test_a_tls_file_or_argument_that_cannot_serve_is_one_line(
     with pytest.raises(TLSProblem) as e:
         tls_options(args, ("TLSv1.2", "TLSv1.3"), DEFAULT_CIPHERS, True)
     assert line.format(key=key, cert=crt) in str(e.value)
+
+
+def test_a_certkey_holding_the_chain_sends_it_after_the_leaf(
+    cert: tuple[Path, Path, bytes], tmp_path: Path
+) -> None:
+    key, _, cert_pem = cert
+    ca_pem, _ = self_signed("intermediate")
+    full = tmp_path / "fullchain.pem"
+    full.write_bytes(cert_pem + ca_pem)
+    kw = {"privateKey": str(key), "certKey": str(full)}
+    made = tls_options(kw, ("TLSv1.3",), DEFAULT_CIPHERS, True)
+    assert [c.subject for c in made.extraCertChain] == [
+        x509.load_pem_x509_certificate(ca_pem).subject
+    ]
 
 
 def test_ciphers_openssl_does_not_know_are_refused(cert: tuple[Path, Path, bytes]) -> None:
