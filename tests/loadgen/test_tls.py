@@ -5,9 +5,7 @@ with a self-signed certificate for localhost and 127.0.0.1 (as tests/server/test
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import io
-import ipaddress
 import ssl as stdssl
 from collections.abc import Callable
 from pathlib import Path
@@ -15,10 +13,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet import reactor
 
 from quoted.loadgen.cli import Unreachable, parse_args, run
@@ -27,34 +21,9 @@ from quoted.loadgen.storm import percentile
 from quoted.server.config import Config
 from tests.harness import SECRET, QuotedServer, make_config
 from tests.loadgen.test_load import FEED, WS, assert_clean, run_then_still
+from tests.server.test_tls import self_signed
 
 ensure = pytest_twisted.ensureDeferred
-
-
-def self_signed(name: str, ip: str | None = None) -> tuple[bytes, bytes]:
-    """A self-signed P-256 certificate for ``name`` (and ``ip``), and its key, as PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    alt: list[x509.GeneralName] = [x509.DNSName(name)]
-    if ip is not None:
-        alt.append(x509.IPAddress(ipaddress.ip_address(ip)))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 def tls_config(tmp_path: Path) -> tuple[Config, Path]:

@@ -22,33 +22,21 @@ from quoted.server.listener import Listener, ListenError
 from quoted.server.tls import DEFAULT_CIPHERS, TLSProblem, server_endpoint, tls_options
 from quoted.wire.frames import text_frame
 from tests.harness import eventually
+from tests.server.test_edge import _Collect as EdgeCollect
 from tests.server.test_tls import self_signed
 
 ensure = pytest_twisted.ensureDeferred
 
 
-class _Collect(protocol.Protocol):
-    def __init__(self) -> None:
-        self.data = b""
-        self.waiting: list[tuple[int, defer.Deferred[bytes]]] = []
-        self.lost: defer.Deferred[None] = defer.Deferred()
+class _Collect(EdgeCollect):
+    """test_edge's reader, and when its connection is lost."""
 
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-        for n, d in list(self.waiting):
-            if len(self.data) >= n:
-                self.waiting.remove((n, d))
-                d.callback(self.data)
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost: defer.Deferred[None] = defer.Deferred()
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost.callback(None)
-
-    def until(self, n: int) -> defer.Deferred[bytes]:
-        d: defer.Deferred[bytes] = defer.Deferred()
-        d.addTimeout(10, reactor)
-        self.waiting.append((n, d))
-        self.dataReceived(b"")
-        return d
 
 
 @pytest.fixture(scope="module")
