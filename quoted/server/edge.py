@@ -131,12 +131,14 @@ def write_frame(transport: Any, sock: socket.socket | None, frame: bytes, limit:
 
 class TLSDirect(NamedTuple):
     """A TLS connection's ``TLSMemoryBIOProtocol``, its OpenSSL connection (memory BIOs),
-    the TCP transport under it and that one's socket."""
+    the TCP transport under it, that one's socket, and the TLS layer's list of writes not
+    yet encrypted (its aggregator's, kept for the connection's life; empty without one)."""
 
     tls: Any
     conn: Any
     tcp: Any
     sock: socket.socket
+    unencrypted: list[bytes]
 
 
 def direct_tls(transport: Any) -> TLSDirect | None:
@@ -149,7 +151,11 @@ def direct_tls(transport: Any) -> TLSDirect | None:
     if type(transport) not in (tls.BufferingTLSTransport, tls.TLSMemoryBIOProtocol):
         return None
     sock = direct_socket(tcp_ := transport.transport)
-    return None if sock is None else TLSDirect(transport, transport._tlsConnection, tcp_, sock)
+    if sock is None:
+        return None
+    aggregator = getattr(transport, "_aggregator", None)  # BufferingTLSTransport's only
+    pending = aggregator._buffer if aggregator is not None else []
+    return TLSDirect(transport, transport._tlsConnection, tcp_, sock, pending)
 
 
 # one buffer for all (one reactor thread): a 16 KiB record with its header and tag, and more
@@ -184,8 +190,8 @@ def _encrypt(conn: Any, frame: bytes) -> bytes | None:
             break
         parts.append(_ffi.buffer(_OUT, n)[:])
         if n < _OUT_SIZE:
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-    return b"".join(parts)
+            break
+    return b"".join(parts)  # one part: that very bytes object, not a copy
 
 
 def write_tls_frame(direct: TLSDirect, frame: bytes, limit: int) -> bool:
@@ -199,8 +205,8 @@ def write_tls_frame(direct: TLSDirect, frame: bytes, limit: int) -> bool:
     producer pause, the budget and errors are a plain connection's.
 
     Private: ``_handshakeDone``, ``_appSendBuffer``, ``_lostTLSConnection`` are
-    ``TLSMemoryBIOProtocol``'s, ``_aggregator._buffer`` ``BufferingTLSTransport``'s writes
-    not yet encrypted; the TCP transport's buffers as in :func:`write_frame`.
+    ``TLSMemoryBIOProtocol``'s; ``BufferingTLSTransport``'s ``_aggregator._buffer`` (in
+    :func:`direct_tls`) is one list, emptied in place; the TCP buffers as in write_frame.
     """
     t = direct.tls
     tcp = direct.tcp
@@ -210,7 +216,7 @@ def write_tls_frame(direct: TLSDirect, frame: bytes, limit: int) -> bool:
     if (
         not t._handshakeDone
         or t._appSendBuffer
-        or (getattr(t, "_aggregator", None) is not None and t._aggregator._buffer)
+        or direct.unencrypted
         or t._lostTLSConnection
         or t.disconnecting
         or tcp.disconnecting
@@ -221,16 +227,7 @@ def write_tls_frame(direct: TLSDirect, frame: bytes, limit: int) -> bool:
     if data is None:  # an error OpenSSL reported: Twisted's path meets it too and reports it
         t.write(frame)
         return True
-    if not held:
-        try:
-            sent = direct.sock.send(data)
-        except OSError:  # EAGAIN, or an error Twisted's write will meet and report
-            sent = 0
-        if sent == len(data):
-            return True
-        data = data[sent:]
-    tcp.write(data)
-    return True
+    return write_frame(tcp, direct.sock, data, limit)  # the encrypted bytes, as plain TCP's
 
 
 def queued_bytes(transport: Any) -> int:

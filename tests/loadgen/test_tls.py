@@ -19,8 +19,8 @@ from quoted.loadgen.cli import Unreachable, parse_args, run
 from quoted.loadgen.run import Runner
 from quoted.loadgen.storm import percentile
 from quoted.server.config import Config
-from tests.harness import SECRET, QuotedServer, make_config
-from tests.loadgen.test_load import FEED, WS, assert_clean, run_then_still
+from tests.harness import QuotedServer, make_config
+from tests.loadgen.test_load import FEED, WS, argv, assert_clean, run_then_still
 from tests.server.test_tls import self_signed
 
 ensure = pytest_twisted.ensureDeferred
@@ -53,33 +53,15 @@ def start_tls(start_config: Callable[..., Any], tmp_path: Path) -> Callable[...,
     return start
 
 
-def wss_argv(s: QuotedServer, cert: Path, *extra: str, conns: int = 20) -> list[str]:
-    return [
-        "--url",
-        f"wss://127.0.0.1:{s.port}",
-        "--ca",
-        str(cert),
-        "--secret",
-        SECRET.decode(),
-        "--conns",
-        str(conns),
-        "--symbols-per-conn",
-        "3",
-        "--symbols-pool",
-        "20",
-        "--duration",
-        "2s",
-        "--settle",
-        "200ms",
-        *extra,
-    ]
-
-
 def ws_argv(s: QuotedServer, *extra: str, conns: int = 20) -> list[str]:
-    args = wss_argv(s, Path("unused"), *extra, conns=conns)
-    args[1] = f"ws://127.0.0.1:{s.port}"
-    del args[2:4]
-    return args
+    """test_load's run with ``conns`` connections: a later --conns wins (argparse)."""
+    return argv(s, "--conns", str(conns), *extra)
+
+
+def wss_argv(s: QuotedServer, cert: Path, *extra: str, conns: int = 20) -> list[str]:
+    """The same over wss, trusting ``cert``: the later --url wins."""
+    url = f"wss://127.0.0.1:{s.port}"
+    return ws_argv(s, "--url", url, "--ca", str(cert), *extra, conns=conns)
 
 
 # -- wss ------------------------------------------------------------------------------------------

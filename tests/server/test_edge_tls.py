@@ -110,6 +110,7 @@ async def test_direct_tls_reads_twisteds_tls_state(tls_pair: tuple[Any, _Collect
     assert transport._aggregator._buffer == []
     transport.write(b"x")  # Twisted's own path: held by the aggregator until the next turn
     assert transport._aggregator._buffer == [b"x"]
+    assert direct.unencrypted is transport._aggregator._buffer  # the same list, in place
     assert edge.direct_tls(direct.tcp) is None  # plain TCP is direct_socket's
     assert edge.direct_tls(StringTransport()) is None
 
