@@ -1,4 +1,9 @@
-"""Shared fixtures: a real quoted on the real reactor, per test."""
+"""Shared fixtures: a real quoted on the real reactor, per test.
+
+A module marked ``pytest.mark.transports("ws", "wss")`` runs each test that starts a server
+through these fixtures (or asks for ``transport``) once per transport: ``wss`` serves the same
+configuration on ``ssl:`` with the test certificate, and the harness's clients speak TLS to
+it. ``pytest.mark.plain_only`` keeps one test to plain ``ws`` (say why beside it)."""
 
 from __future__ import annotations
 
@@ -10,16 +15,34 @@ import pytest_twisted
 from twisted.logger import LogEvent, globalLogPublisher
 
 from quoted.server.config import Config
-from tests.harness import QuotedServer, make_config
+from tests.harness import QuotedServer, make_config, with_tls
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("transports")
+    if marker is None or "transport" not in metafunc.fixturenames:
+        return
+    names = ("ws",) if metafunc.definition.get_closest_marker("plain_only") else marker.args
+    metafunc.parametrize("transport", names, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def transport(request: pytest.FixtureRequest) -> str:
+    """``ws`` or ``wss``: what the servers of this test listen on (``ws`` unless the module is
+    marked ``transports``)."""
+    name: str = getattr(request, "param", "ws")
+    assert name in ("ws", "wss"), name
+    return name
 
 
 @pytest_twisted.async_yield_fixture
-async def start_config() -> AsyncIterator[Callable[..., Any]]:
-    """``await start_config(config)``: a started quoted on ``config``, stopped after the test."""
+async def start_config(transport: str) -> AsyncIterator[Callable[..., Any]]:
+    """``await start_config(config)``: a started quoted on ``config`` (over TLS when the
+    transport is ``wss``), stopped after the test."""
     servers: list[QuotedServer] = []
 
     async def start(config: Config) -> QuotedServer:
-        s = QuotedServer(config)
+        s = QuotedServer(with_tls(config) if transport == "wss" else config)
         await s.start()
         servers.append(s)
         return s
@@ -42,9 +65,11 @@ def start_server(start_config: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @pytest_twisted.async_yield_fixture
-async def server() -> AsyncIterator[QuotedServer]:
+async def server(transport: str) -> AsyncIterator[QuotedServer]:
     """quoted on defaults, ticking every 50 ms with every symbol moving."""
-    s = QuotedServer(make_config(feed={"update_interval": 0.05, "mode": "all"}))
+    s = QuotedServer(
+        make_config(tls=transport == "wss", feed={"update_interval": 0.05, "mode": "all"})
+    )
     await s.start()
     yield s
     if s.service.running:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import ssl as stdssl
 from collections.abc import Callable
 from typing import Any
 
@@ -22,21 +23,23 @@ from autobahn.websocket.compress import (
     PerMessageDeflateResponse,
     PerMessageDeflateResponseAccept,
 )
-from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet import defer, reactor, ssl
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 
 from quoted.server.app import QuotedService, build
 from quoted.server.config import Config, load_config
 from quoted.server.listener import Listener
 from quoted.wire.tokens import mint_token
+from tests.certs import tls_files
 
 SECRET = b"test-secret-that-is-at-least-32-bytes-long!"
 
 
-def make_config(**sections: dict[str, Any]) -> Config:
+def make_config(*, tls: bool = False, **sections: dict[str, Any]) -> Config:
     """Defaults on a free loopback port, with per-section overrides:
-    ``make_config(websocket={"max_connections": 2})``."""
+    ``make_config(websocket={"max_connections": 2})``; over TLS (wss, https) with ``tls``."""
     base = load_config(
         None, environ={"JWT_SECRET": SECRET.decode()}, listen="tcp:0:interface=127.0.0.1"
     )
@@ -44,7 +47,111 @@ def make_config(**sections: dict[str, Any]) -> Config:
         name: dataclasses.replace(getattr(base, name), **values)
         for name, values in sections.items()
     }
-    return dataclasses.replace(base, **changes)
+    config = dataclasses.replace(base, **changes)
+    return with_tls(config) if tls else config
+
+
+def with_tls(config: Config) -> Config:
+    """``config`` listening on ``ssl:`` (the certificate of :func:`tests.certs.tls_files`) on
+    the interface and port its ``tcp:`` listen string names."""
+    listen = config.server.listen
+    if not listen.startswith("tcp:"):
+        return config
+    files = tls_files()
+    tls_listen = "ssl:" + listen[4:] + f":privateKey={files.key}:certKey={files.cert}"
+    return dataclasses.replace(config, server=dataclasses.replace(config.server, listen=tls_listen))
+
+
+# the ports of the servers this process runs over TLS: a client of one speaks TLS to it
+_TLS_PORTS: set[int] = set()
+
+
+class SocketClient:
+    """A client on a plain non-blocking socket (with a receive buffer of ``rcvbuf`` bytes if
+    given), inside TLS (Python's ssl module, verifying the test certificate) when the server
+    of this process on ``port`` serves TLS. Unlike Twisted's, it does only what it is told:
+    it never reads unless asked, and never answers a TLS close_notify."""
+
+    def __init__(self, port: int, rcvbuf: int | None = None, source: str | None = None) -> None:
+        sock = socket.socket()
+        if source is not None:
+            sock.bind((source, 0))
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.connect(("127.0.0.1", port))  # loopback: the kernel completes it, not the reactor
+        self.tls = port in _TLS_PORTS
+        if self.tls:
+            context = stdssl.create_default_context(cadata=tls_files().cert_pem.decode())
+            sock = context.wrap_socket(
+                sock, server_hostname="localhost", do_handshake_on_connect=False
+            )
+        sock.setblocking(False)
+        self.sock = sock
+        self._handshaken = not self.tls
+        self.ended = False
+
+    async def handshake(self) -> None:
+        """Once the TLS handshake is done (at once over plain TCP)."""
+
+        def done() -> bool:
+            if not self._handshaken:
+                assert isinstance(self.sock, stdssl.SSLSocket)
+                try:
+                    self.sock.do_handshake()
+                except (stdssl.SSLWantReadError, stdssl.SSLWantWriteError):
+                    return False
+                self._handshaken = True
+            return True
+
+        await eventually(done)
+
+    def send(self, data: bytes) -> bool:
+        """False when the server has dropped the connection or the socket takes no more."""
+        try:
+            self.sock.sendall(data)
+        except (OSError, stdssl.SSLError):  # a reset, a full socket (TLS: want-write)
+            return False
+        return True
+
+    def read(self) -> bytes:
+        """What has arrived (b"" if nothing yet); ``ended`` is true once the stream ended
+        (for TLS: the server's close_notify) or was reset."""
+        got = b""
+        try:
+            while chunk := self.sock.recv(65536):
+                got += chunk
+            self.ended = True
+        except (BlockingIOError, stdssl.SSLWantReadError):
+            pass
+        except (ConnectionError, stdssl.SSLError):
+            self.ended = True
+        return got
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def server_url(port: int, query: str = "") -> str:
+    """The quotes stream's URL on a server of this process (``wss:`` when it serves TLS)."""
+    scheme = "wss" if port in _TLS_PORTS else "ws"
+    return f"{scheme}://127.0.0.1:{port}/ws/quotes" + (f"?{query}" if query else "")
+
+
+def client_endpoint(
+    port: int,
+    host: str = "127.0.0.1",
+    *,
+    source: str | None = None,
+    tls: bool | None = None,
+) -> IStreamClientEndpoint:
+    """A client endpoint to a quoted of this process: TCP, inside TLS (verifying the test
+    certificate) when that server listens on ``ssl:``, unless ``tls`` says otherwise."""
+    bind = (source, 0) if source else None
+    tcp = TCP4ClientEndpoint(reactor, host, port, bindAddress=bind)
+    if not (port in _TLS_PORTS if tls is None else tls):
+        return tcp
+    trust = ssl.Certificate.loadPEM(tls_files().cert_pem)
+    return wrapClientTLS(ssl.optionsForClientTLS("localhost", trustRoot=trust), tcp)
 
 
 def sleep(seconds: float) -> defer.Deferred[None]:
@@ -77,9 +184,17 @@ class QuotedServer:
         assert isinstance(listener, Listener)
         port = await listener.listening()
         self.port = port.getHost().port
+        if self.tls:
+            _TLS_PORTS.add(self.port)
 
     async def stop(self) -> None:
         await self.service.stopService()
+        _TLS_PORTS.discard(self.port)
+
+    @property
+    def tls(self) -> bool:
+        """Whether this server listens on ``ssl:`` (wss and https)."""
+        return self.config.server.listen.startswith("ssl:")
 
     @property
     def parts(self) -> Any:
@@ -89,7 +204,7 @@ class QuotedServer:
         return mint_token(SECRET, sub, now=reactor.seconds(), ttl=ttl, **kw)
 
     def url(self, query: str = "") -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/quotes" + (f"?{query}" if query else "")
+        return server_url(self.port, query)
 
     async def connect(
         self,
@@ -175,12 +290,16 @@ def _complete(data: bytes) -> bool:
 
 
 async def raw(
-    port: int, payload: bytes, host: str = "127.0.0.1", whole_response: bool = False
+    port: int,
+    payload: bytes,
+    host: str = "127.0.0.1",
+    whole_response: bool = False,
+    tls: bool | None = None,
 ) -> bytes:
-    """Send bytes; read until the server closes (or a whole response, if asked)."""
+    """Send bytes; read until the server closes (or a whole response, if asked). Inside TLS
+    to a server of this process on ``ssl:`` unless ``tls`` says otherwise."""
     proto = _Collect(whole_response)
-    endpoint = TCP4ClientEndpoint(reactor, host, port)
-    p = await endpoint.connect(_factory(proto))
+    p = await client_endpoint(port, host, tls=tls).connect(_factory(proto))
     p.transport.write(payload)
     return await proto.done
 
@@ -260,7 +379,7 @@ class WSClient(WebSocketClientProtocol):
         compress: bool = False,
         headers: dict[str, str] | None = None,
     ) -> WSClient:
-        url = f"ws://127.0.0.1:{port}/ws/quotes" + (f"?{query}" if query else "")
+        url = server_url(port, query)
         hdrs = dict(headers or {})
         if token:
             hdrs["Authorization"] = f"Bearer {token}"
@@ -271,8 +390,7 @@ class WSClient(WebSocketClientProtocol):
                 perMessageCompressionOffers=[PerMessageDeflateOffer()],
                 perMessageCompressionAccept=_accept_deflate,
             )
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-        proto: WSClient = await endpoint.connect(factory)
+        proto: WSClient = await client_endpoint(port).connect(factory)
         return await proto.opened
 
     def onOpen(self) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.certs import self_signed
 from tests.harness import SECRET, free_port
-from tests.server.test_tls import self_signed
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "bench" / "peers"

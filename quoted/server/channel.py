@@ -42,6 +42,7 @@ from quoted.server.errors import RETRY_AFTER, HTTPError
 
 __all__ = [
     "BODY_TIMEOUT",
+    "CLOSE_GRACE",
     "HARD_LINE_BYTES",
     "HEAD_TIMEOUT",
     "MAX_BODY_BYTES",
@@ -62,6 +63,9 @@ MAX_HEADER_COUNT = 4096
 HEAD_TIMEOUT = 10.0
 # and a request's body within this many seconds of its head
 BODY_TIMEOUT = 30.0
+# a refused connection is aborted this many seconds after its answer if it is still open (a
+# TLS client that never answers the close_notify)
+CLOSE_GRACE = 5.0
 # the largest body read when the site is not told ([publish] max_body's default)
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -154,7 +158,11 @@ class QuotedChannel(HTTPChannel):
         self._answered = True
         self._cancel()
         transport.write(error.raw_response())
-        transport.loseConnection()
+        # HTTPChannel's: it unregisters itself as the transport's producer first, without
+        # which a TLS transport never sends its close_notify (it waits for the producer)
+        self.loseConnection()
+        # TLS then waits for the client's close_notify: one that never sends it is cut off
+        self._deadline = self.callLater(CLOSE_GRACE, transport.abortConnection)
         # whatever the client still sends is not parsed
         self.dataReceived = self.lineReceived = lambda *args: None  # type: ignore[method-assign]
 

@@ -522,7 +522,7 @@ async def test_a_bad_token_fails_without_retrying(server: QuotedServer) -> None:
 
 
 async def _wss_server(tmp_path: Path, name: str) -> tuple[QuotedServer, Path]:
-    from tests.server.test_tls import self_signed
+    from tests.certs import self_signed
 
     cert_pem, key_pem = self_signed(name)
     cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
@@ -558,7 +558,7 @@ async def test_wss_verifies_the_certificate_and_the_host_name(tmp_path: Path) ->
     try:
         trusted = wss(cert)
         await eventually(lambda: "AAPL" in trusted.quotes)
-        from tests.server.test_tls import self_signed
+        from tests.certs import self_signed
 
         other = tmp_path / "other.pem"
         other.write_bytes(self_signed("localhost")[0])

@@ -19,9 +19,9 @@ from quoted.loadgen.cli import Unreachable, parse_args, run
 from quoted.loadgen.run import Runner
 from quoted.loadgen.storm import percentile
 from quoted.server.config import Config
+from tests.certs import self_signed
 from tests.harness import QuotedServer, make_config
 from tests.loadgen.test_load import FEED, WS, argv, assert_clean, run_then_still
-from tests.server.test_tls import self_signed
 
 ensure = pytest_twisted.ensureDeferred
 

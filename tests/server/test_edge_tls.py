@@ -21,9 +21,9 @@ from quoted.server import edge
 from quoted.server.listener import Listener, ListenError
 from quoted.server.tls import DEFAULT_CIPHERS, TLSProblem, server_endpoint, tls_options
 from quoted.wire.frames import text_frame
+from tests.certs import self_signed
 from tests.harness import eventually
 from tests.server.test_edge import _Collect as EdgeCollect
-from tests.server.test_tls import self_signed
 
 ensure = pytest_twisted.ensureDeferred
 

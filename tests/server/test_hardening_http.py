@@ -18,12 +18,22 @@ import pytest
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 
-from tests.harness import QuotedServer, WSClient, eventually, make_config, sleep
+from quoted.server import channel
+from tests.harness import (
+    QuotedServer,
+    SocketClient,
+    WSClient,
+    client_endpoint,
+    eventually,
+    make_config,
+    server_url,
+    sleep,
+)
 
 ensure = pytest_twisted.ensureDeferred
+pytestmark = pytest.mark.transports("ws", "wss")
 # the server's deadlines in these tests: the head, then the body, each within this
 DEADLINE = 0.5
 WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -67,9 +77,7 @@ class Peer(Protocol):
 
 async def open_peer(port: int, source: str | None = None) -> Peer:
     peer = Peer()
-    bind = (source, 0) if source else None
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=bind)
-    await endpoint.connect(Factory.forProtocol(lambda: peer))
+    await client_endpoint(port, source=source).connect(Factory.forProtocol(lambda: peer))
     return peer
 
 
@@ -102,13 +110,12 @@ def upgrade(token: str) -> tuple[str, ...]:
 
 async def ws_from(port: int, query: str, token: str, source: str) -> WSClient:
     """The harness's WebSocket client, connecting from the loopback address ``source``."""
-    url = f"ws://127.0.0.1:{port}/ws/quotes?{query}"
+    url = server_url(port, query)
     factory = WebSocketClientFactory(
         url, headers={"Authorization": f"Bearer {token}"}, reactor=reactor
     )
     factory.protocol = WSClient
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=(source, 0))
-    proto: WSClient = await endpoint.connect(factory)
+    proto: WSClient = await client_endpoint(port, source=source).connect(factory)
     return await proto.opened
 
 
@@ -124,9 +131,10 @@ class Suite:
 
 
 @pytest_twisted.async_yield_fixture(scope="module")
-async def suite() -> AsyncIterator[Suite]:
+async def suite(transport: str) -> AsyncIterator[Suite]:
     server = QuotedServer(
         make_config(
+            tls=transport == "wss",
             feed={"update_interval": 0.05, "mode": "all"},
             server={"max_connections_per_ip": 3},
             websocket={"handshake_rate_per_ip": 0},
@@ -452,3 +460,31 @@ async def test_a_pipelined_request_keeps_its_own_deadline(suite: Suite) -> None:
     await eventually(lambda: peer.data.count(b"HTTP/1.1 200") == 2)
     await closed(peer)  # then idle: the next head's deadline closes it
     assert peer.data.count(b"HTTP/1.1 408") == 1
+
+
+@ensure
+async def test_a_refused_client_that_never_closes_is_cut_off(
+    suite: Suite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal closes the connection even when the client does nothing more: over TLS the
+    server sends its close_notify (twisted.web's producer unregistered first) and, when the
+    client never answers it, aborts the connection ``CLOSE_GRACE`` after the answer."""
+    monkeypatch.setattr(channel, "CLOSE_GRACE", 0.3)
+    site = suite.server.service.getServiceNamed("listener").factory
+    client = SocketClient(suite.server.port, source="127.0.0.12")
+    await client.handshake()
+    assert client.send(b"GET /healthz HTTP/0.9\r\nHost: x\r\n\r\n")
+    answer = b""
+
+    def answered() -> bool:
+        nonlocal answer
+        answer += client.read()
+        return b"}" in answer
+
+    await eventually(answered)
+    assert answer.startswith(b"HTTP/1.1 505"), answer[:100]
+    start = reactor.seconds()
+    await eventually(lambda: "127.0.0.12" not in site.peers.open, timeout=3)
+    assert reactor.seconds() - start < 2  # the grace (0.3 s), not the 60 s idle timeout
+    client.close()
+    suite.check_calm()

@@ -261,7 +261,7 @@ async def test_https_with_a_private_ca(keys: dict[str, Any], tmp_path: Any) -> N
     from twisted.internet import ssl
     from twisted.web.client import BrowserLikePolicyForHTTPS
 
-    from tests.server.test_tls import self_signed
+    from tests.certs import self_signed
 
     cert_pem, key_pem = self_signed("localhost")
     server_ctx = ssl.PrivateCertificate.loadPEM(cert_pem + key_pem).options()

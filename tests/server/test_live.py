@@ -26,6 +26,7 @@ from tests.harness import (
 )
 
 ensure = pytest_twisted.ensureDeferred
+pytestmark = pytest.mark.transports("ws", "wss")
 
 
 def bearer(token: str) -> dict[str, str]:

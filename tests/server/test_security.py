@@ -33,16 +33,24 @@ import pytest_twisted
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import ILogObserver, globalLogPublisher
 from zope.interface import provider
 
-from tests.harness import SECRET, QuotedServer, WSClient, eventually, make_config, sleep
+from tests.harness import (
+    SECRET,
+    QuotedServer,
+    WSClient,
+    client_endpoint,
+    eventually,
+    make_config,
+    sleep,
+)
 from tests.jwksserver import JWKSServer
 from tests.memory import MemoryQuoted
 
 ensure = pytest_twisted.ensureDeferred
+pytestmark = pytest.mark.transports("ws", "wss")
 ISSUER = "https://id.quoted.test/"
 AUDIENCE = "quoted"
 LEEWAY = 2.0
@@ -226,9 +234,7 @@ async def connect(
 ) -> Raw:
     """One raw request (a WebSocket upgrade unless told); returns once the head is in."""
     proto = Raw()
-    bind = (source, 0) if source else None
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=bind)
-    await endpoint.connect(Factory.forProtocol(lambda: proto))
+    await client_endpoint(port, source=source).connect(Factory.forProtocol(lambda: proto))
     data = head_bytes(path, headers, port, upgrade)
     if extra:  # repeated headers
         data = data[:-2] + "".join(f"{k}: {v}\r\n" for k, v in extra).encode() + b"\r\n"
@@ -302,7 +308,7 @@ class Suite:
 
 
 @pytest_twisted.async_yield_fixture(scope="module")
-async def suite() -> AsyncIterator[Suite]:
+async def suite(transport: str) -> AsyncIterator[Suite]:
     events: list[dict[str, Any]] = []
 
     @provider(ILogObserver)
@@ -310,8 +316,10 @@ async def suite() -> AsyncIterator[Suite]:
         events.append(event)
 
     globalLogPublisher.addObserver(observe)
+    tls = transport == "wss"
     main = QuotedServer(
         make_config(
+            tls=tls,
             feed={"update_interval": 0.05, "mode": "all"},
             auth={"issuer": ISSUER, "audience": AUDIENCE, "leeway": LEEWAY},
             websocket={"max_symbols": 5, "handshake_rate_per_ip": 0, "message_rate": 10},
@@ -319,6 +327,7 @@ async def suite() -> AsyncIterator[Suite]:
     )
     limits = QuotedServer(
         make_config(
+            tls=tls,
             feed={"update_interval": 0.05, "mode": "all"},
             server={"trusted_proxies": (ip_network("127.0.0.9/32"),)},
             websocket={"user_max_connections": 2, "handshake_rate_per_ip": 2},
@@ -830,8 +839,7 @@ async def test_rest_entitlements(suite: Suite) -> None:
 @ensure
 async def test_slowloris_request_head(suite: Suite) -> None:
     proto = Raw()
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", suite.main.port)
-    await endpoint.connect(Factory.forProtocol(lambda: proto))
+    await client_endpoint(suite.main.port).connect(Factory.forProtocol(lambda: proto))
     start = reactor.seconds()
     proto.send(b"GET /ws/quotes HTTP/1.1\r\nHost: x\r\n")
     for _ in range(40):  # a header byte every 50 ms, never the blank line

@@ -18,6 +18,7 @@ import pytest
 
 from quoted.server import checks
 from quoted.server.config import ConfigError, load_config
+from tests.certs import self_signed
 from tests.server.test_process import (
     SHUTDOWN_TIMEOUT,
     START_TIMEOUT,
@@ -27,7 +28,6 @@ from tests.server.test_process import (
     quoted_env,
     spawn,
 )
-from tests.server.test_tls import self_signed
 
 __all__ = ["spawn"]  # the fixture, used by name
 
