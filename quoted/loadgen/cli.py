@@ -62,6 +62,17 @@ def parse_duration(text: str) -> float:
         raise argparse.ArgumentTypeError(reason) from None
 
 
+def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A network of client addresses, such as 10.0.0.0/16 (its hosts, in order)."""
+    try:
+        net = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if net.num_addresses < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no host addresses")
+    return net
+
+
 def parse_source_ips(text: str) -> tuple[str, ...]:
     """'127.0.0.2-127.0.0.9' or '10.0.0.1,10.0.0.2' (each entry may be a range)."""
     out: list[str] = []
@@ -109,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--duration", type=parse_duration, default=30.0, help="60s, 500ms, 2m (default 30s)")
     a("--rate", type=float, default=0.0, help="handshakes per second (0: as fast as possible)")
     a("--source-ips", type=parse_source_ips, default=(), help="127.0.0.2-127.0.0.9 or a,b,c")
+    a(
+        "--forwarded-for",
+        type=parse_network,
+        default=None,
+        help="10.0.0.0/16: each connection sends X-Forwarded-For with its own client address "
+        "of it, as from behind a proxy (the server must name the source in trusted_proxies)",
+    )
     a("--slow", type=_count, default=0, help="extra connections that stop reading")
     a("--churn", type=_count, default=0, help="connections closed and reopened per second")
     a("--compress", action="store_true", help="offer permessage-deflate")
@@ -180,6 +198,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         duration=ns.duration,
         rate=ns.rate,
         source_ips=ns.source_ips,
+        forwarded_for=ns.forwarded_for,
         slow=ns.slow,
         churn=ns.churn,
         compress=ns.compress,

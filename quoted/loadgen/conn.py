@@ -508,9 +508,16 @@ class OneShotFactory(ClientFactory):
 
 
 def upgrade_request(
-    host: str, path: str, query: str, token: str, compress: bool, key: bytes | None = None
+    host: str,
+    path: str,
+    query: str,
+    token: str,
+    compress: bool,
+    key: bytes | None = None,
+    forwarded_for: str | None = None,
 ) -> bytes:
-    """The HTTP upgrade request of one connection (the token in Authorization)."""
+    """The HTTP upgrade request of one connection (the token in Authorization; the client's
+    address in X-Forwarded-For when it stands behind a proxy)."""
     key = base64.b64encode(os.urandom(16) if key is None else key)
     lines = [
         f"GET {path}{'?' + query if query else ''} HTTP/1.1",
@@ -523,4 +530,6 @@ def upgrade_request(
     ]
     if compress:
         lines.append("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits")
+    if forwarded_for is not None:
+        lines.append(f"X-Forwarded-For: {forwarded_for}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

@@ -4,6 +4,7 @@ run's small shared pieces."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import resource
 
 __all__ = ["Options", "Unreachable", "cpu_seconds"]
@@ -26,6 +27,8 @@ class Options:
     duration: float = 30.0
     rate: float = 0.0
     source_ips: tuple[str, ...] = ()
+    # clients behind a proxy: connection i says X-Forwarded-For: the network's i-th host
+    forwarded_for: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     slow: int = 0
     churn: int = 0
     compress: bool = False

@@ -113,6 +113,14 @@ class Runner:
             self.opts.secret.encode(), f"load-{i}", now=self.reactor.seconds(), ttl=ttl
         )
 
+    def client_address(self, i: int) -> str | None:
+        """Connection ``i``'s own address behind the proxy (--forwarded-for), if any: the
+        network's hosts in turn (the same one again for a reconnect of ``i``)."""
+        net = self.opts.forwarded_for
+        if net is None:
+            return None
+        return str(net[1 + i % (net.num_addresses - 2 if net.num_addresses > 2 else 1)])
+
     # -- dialing --------------------------------------------------------------------------
 
     def pump(self) -> None:
@@ -129,7 +137,14 @@ class Runner:
         symbols = self.symbols_for(i) if self.pool else []
         query = "symbols=" + ",".join(quote(s, safe="") for s in symbols) if symbols else ""
         host = f"{self.opts.host}:{self.opts.port}"
-        request = upgrade_request(host, "/ws/quotes", query, self.token_for(i), self.opts.compress)
+        request = upgrade_request(
+            host,
+            "/ws/quotes",
+            query,
+            self.token_for(i),
+            self.opts.compress,
+            forwarded_for=self.client_address(i),
+        )
         conn = LoadConnection(
             i,
             symbols,

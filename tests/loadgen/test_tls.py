@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import ipaddress
 import ssl as stdssl
 from collections.abc import Callable
 from pathlib import Path
@@ -19,33 +20,26 @@ from quoted.loadgen.cli import Unreachable, parse_args, run
 from quoted.loadgen.run import Runner
 from quoted.loadgen.storm import percentile
 from quoted.server.config import Config
-from tests.certs import self_signed
+from tests.certs import self_signed, tls_files
 from tests.harness import QuotedServer, make_config
 from tests.loadgen.test_load import FEED, WS, argv, assert_clean, run_then_still
 
 ensure = pytest_twisted.ensureDeferred
 
 
-def tls_config(tmp_path: Path) -> tuple[Config, Path]:
-    """quoted ticking every 50 ms on ssl:0 with a certificate for localhost and 127.0.0.1;
+def tls_config() -> tuple[Config, Path]:
+    """quoted ticking every 50 ms on ssl:0 with the test certificate (localhost, 127.0.0.1);
     the config and the certificate's file (the --ca of the runs)."""
-    cert_pem, key_pem = self_signed("localhost", "127.0.0.1")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.write_bytes(cert_pem)
-    key.write_bytes(key_pem)
-    config = make_config(feed=FEED, websocket=WS)
-    listen = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
-    server = dataclasses.replace(config.server, listen=listen)
-    return dataclasses.replace(config, server=server), cert
+    return make_config(tls=True, feed=FEED, websocket=WS), tls_files().cert
 
 
 @pytest.fixture
-def start_tls(start_config: Callable[..., Any], tmp_path: Path) -> Callable[..., Any]:
+def start_tls(start_config: Callable[..., Any]) -> Callable[..., Any]:
     """``await start_tls(tickets=True)``: a TLS quoted (``[server] tls_session_tickets`` as
     given) and the --ca file for it."""
 
     async def start(tickets: bool = True) -> tuple[QuotedServer, Path]:
-        config, cert = tls_config(tmp_path)
+        config, cert = tls_config()
         server_config = dataclasses.replace(config.server, tls_session_tickets=tickets)
         server: QuotedServer = await start_config(dataclasses.replace(config, server=server_config))
         return server, cert
@@ -196,6 +190,32 @@ async def test_storm_over_wss(start_tls: Any, drop: bool) -> None:
     r = await run_then_still(s, wss_argv(s, cert, *extra, conns=10), io.StringIO())
     assert_storm(r, 10)
     assert r["tls"]["full"] == 20 and r["storm"]["resumed"] == 0, r["tls"]
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted", "untrusted"])
+@ensure
+async def test_storm_from_behind_a_trusted_proxy_is_not_refused(
+    start_server: Any, trusted: bool
+) -> None:
+    """Issue 21: 20 clients behind one proxy (all from 127.0.0.7, each with its own
+    X-Forwarded-For) connect and then reconnect at once, against 1 handshake a second per IP
+    (burst 2) and 5 connections per IP. With the proxy in ``trusted_proxies`` each client has
+    its own budget and the proxy's connections are not counted: all are back. Without, the
+    whole storm is one address and is refused."""
+    proxies = (ipaddress.ip_network("127.0.0.7/32"),) if trusted else ()
+    s = await start_server(
+        feed=FEED,
+        websocket={"handshake_rate_per_ip": 1.0},
+        server={"trusted_proxies": proxies, "max_connections_per_ip": 5},
+    )
+    behind = ["--source-ips", "127.0.0.7", "--forwarded-for", "10.9.0.0/24", "--storm-at", "1s"]
+    r = await run_then_still(s, ws_argv(s, *behind, conns=20), io.StringIO())
+    if trusted:
+        assert_storm(r, 20)
+    else:
+        codes = set(r["failed_codes"])
+        assert r["failed"] > 0 and set(r["failed_by"]) == {"429"}, r
+        assert codes <= {"429 too_many_ip_connections", "429 rate_limited"}, codes
 
 
 def test_percentile_nearest_rank() -> None:
