@@ -3,7 +3,7 @@
 A module marked ``pytest.mark.transports("ws", "wss")`` runs each test that starts a server
 through these fixtures (or asks for ``transport``) once per transport: ``wss`` serves the same
 configuration on ``ssl:`` with the test certificate, and the harness's clients speak TLS to
-it. ``pytest.mark.plain_only`` keeps one test to plain ``ws`` (say why beside it)."""
+it."""
 
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("transports")
     if marker is None or "transport" not in metafunc.fixturenames:
         return
-    names = ("ws",) if metafunc.definition.get_closest_marker("plain_only") else marker.args
-    metafunc.parametrize("transport", names, indirect=True, scope="module")
+    metafunc.parametrize("transport", marker.args, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="module")

@@ -119,7 +119,8 @@ class Runner:
         net = self.opts.forwarded_for
         if net is None:
             return None
-        return str(net[1 + i % (net.num_addresses - 2 if net.num_addresses > 2 else 1)])
+        hosts = max(net.num_addresses - 2, 1)  # between network and broadcast (a /31: one)
+        return str(net[1 + i % hosts])
 
     # -- dialing --------------------------------------------------------------------------
 

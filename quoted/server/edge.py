@@ -227,7 +227,9 @@ def write_tls_frame(direct: TLSDirect, frame: bytes, limit: int) -> bool:
     if data is None:  # an error OpenSSL reported: Twisted's path meets it too and reports it
         t.write(frame)
         return True
-    return write_frame(tcp, direct.sock, data, limit)  # the encrypted bytes, as plain TCP's
+    # the encrypted bytes, as plain TCP's; never refused here (the budget was checked before
+    # encrypting, and bytes OpenSSL has sealed must go)
+    return write_frame(tcp, direct.sock, data, limit)
 
 
 def queued_bytes(transport: Any) -> int:
