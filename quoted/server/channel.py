@@ -30,7 +30,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -354,7 +354,13 @@ class PeerConnections:
 
 
 class TooManyFromPeer(Protocol):
-    """The connection past the per-IP limit: 429 JSON at once, then closed."""
+    """The connection past the per-IP limit: 429 JSON at once, then closed, and aborted
+    ``CLOSE_GRACE`` later if still open (over TLS: a client that never answers the
+    close_notify)."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._abort: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
@@ -367,6 +373,12 @@ class TooManyFromPeer(Protocol):
         )
         transport.write(error.raw_response())
         transport.loseConnection()
+        self._abort = self._clock.callLater(CLOSE_GRACE, transport.abortConnection)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
+        self._abort = None
 
 
 class QuotedSite(Site):
@@ -387,7 +399,7 @@ class QuotedSite(Site):
         if slot is False:
             if self.on_refused is not None:
                 self.on_refused("too_many_ip_connections")
-            return TooManyFromPeer()
+            return TooManyFromPeer(self.reactor)
         channel = super().buildProtocol(addr)
         if isinstance(channel, QuotedChannel) and isinstance(slot, PeerSlot):
             channel.peer_slot = slot

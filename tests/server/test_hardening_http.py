@@ -10,6 +10,7 @@ connection closed by the server.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -487,4 +488,40 @@ async def test_a_refused_client_that_never_closes_is_cut_off(
     await eventually(lambda: "127.0.0.12" not in site.peers.open, timeout=3)
     assert reactor.seconds() - start < 2  # the grace (0.3 s), not the 60 s idle timeout
     client.close()
+    suite.check_calm()
+
+
+def established(client: SocketClient) -> bool:
+    """Whether the client's TCP connection is still established (the kernel's TCP_INFO state:
+    1), whatever TLS saw: a close_notify is not the end of the connection."""
+    return client.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == 1
+
+
+@ensure
+async def test_a_client_refused_at_accept_that_never_closes_is_cut_off(
+    suite: Suite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection past the per-IP limit gets its 429 and is closed even when the client
+    does nothing more: over TLS it is aborted ``CLOSE_GRACE`` after the answer, not held as
+    long as the client likes."""
+    monkeypatch.setattr(channel, "CLOSE_GRACE", 0.3)
+    holders = [SocketClient(suite.server.port, source="127.0.0.13") for _ in range(3)]
+    for h in holders:
+        await h.handshake()
+    client = SocketClient(suite.server.port, source="127.0.0.13")
+    await client.handshake()
+    answer = b""
+
+    def answered() -> bool:
+        nonlocal answer
+        answer += client.read()
+        return b"}" in answer
+
+    await eventually(answered)
+    assert answer.startswith(b"HTTP/1.1 429"), answer[:100]
+    start = reactor.seconds()
+    await eventually(lambda: not established(client), timeout=3)
+    assert reactor.seconds() - start < 2  # the grace (0.3 s), not never
+    for c in (*holders, client):
+        c.close()
     suite.check_calm()
